@@ -1,0 +1,142 @@
+"""Adapter endpoints: thin, parse -> service -> JSON."""
+from __future__ import annotations
+
+from flask import jsonify, redirect, request, send_file
+
+from hub.api import api_v1
+from hub.api.auth import current_principal
+from hub.app import current_hub
+from hub.errors import InvalidRequest, UnexpectedFile
+from hub.formats import check_file_name
+from hub.services import catalog
+from hub.services.names import parse_metadata
+from hub.services.publish import LicenseChoice, Upload, publish_version
+from hub.services.views import adapter_detail, adapter_summary, version_view
+
+FORM_FIELDS = {"version", "license", "license_name", "license_link", "metadata"}
+COUNTED_FILE = "adapter_model.safetensors"
+
+
+@api_v1.get("/adapters")
+def list_adapters():
+    """Search and browse, one keyset page at a time."""
+    query = catalog.parse_query(request.args)
+    with current_hub().db.session() as session:
+        rows, next_cursor = catalog.search_adapters(session, current_principal(), query)
+        return jsonify({"items": [adapter_summary(row) for row in rows],
+                        "next_cursor": next_cursor})
+
+
+@api_v1.get("/adapters/<owner>/<name>")
+def get_adapter(owner: str, name: str):
+    """An adapter and its versions, newest first."""
+    with current_hub().db.session() as session:
+        adapter = catalog.get_adapter(session, current_principal(), owner, name)
+        return jsonify(adapter_detail(adapter))
+
+
+@api_v1.patch("/adapters/<owner>/<name>")
+def patch_adapter(owner: str, name: str):
+    """Change description, tags, task or visibility."""
+    changes = _json_body()
+    with current_hub().db.session() as session:
+        adapter = catalog.update_adapter(session, current_principal(), owner, name, changes)
+        return jsonify(adapter_detail(adapter))
+
+
+@api_v1.post("/adapters/<owner>/<name>/versions")
+def publish(owner: str, name: str):
+    """Publish a version from a multipart upload (201), or find the identical one (200)."""
+    hub = current_hub()
+    principal = current_principal()
+    catalog.require_owner(principal, owner)
+    form, files = request.form, request.files
+    unknown = sorted(set(form) - FORM_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"Unknown form field(s): {', '.join(unknown)}; send"
+                             f" {', '.join(sorted(FORM_FIELDS))} and the files as 'files'.")
+    stray = sorted(set(files) - {"files"})
+    if stray:
+        raise UnexpectedFile(f"Send every file as a part named 'files' (got {', '.join(stray)}).")
+    uploads = []
+    for part in files.getlist("files"):
+        check_file_name(part.filename or "")
+        stream = part.stream
+        stream.flush()
+        uploads.append(Upload(name=part.filename, path=stream.name, size=stream.size,
+                              sha256=stream.hexdigest()))
+    if not form.get("version"):
+        raise InvalidRequest("The form field 'version' is required (for example 1.0.0).",
+                             code="invalid_version")
+    metadata = parse_metadata(form.get("metadata"))
+    choice = LicenseChoice(form.get("license") or None, form.get("license_name") or None,
+                           form.get("license_link") or None)
+    with hub.db.session() as session:
+        result = publish_version(session, hub.store, principal, owner, name,
+                                 form["version"], uploads, choice, metadata)
+        body = version_view(result.version, result.adapter)
+    return jsonify(body), (201 if result.created else 200)
+
+
+@api_v1.get("/adapters/<owner>/<name>/versions/<version>")
+def get_version(owner: str, name: str, version: str):
+    """One version; `latest` is the newest not yanked."""
+    with current_hub().db.session() as session:
+        adapter, row = catalog.get_version(session, current_principal(), owner, name, version)
+        return jsonify(version_view(row, adapter))
+
+
+@api_v1.post("/adapters/<owner>/<name>/versions/<version>/yank")
+def yank(owner: str, name: str, version: str):
+    """Yank a version: `latest` skips it, its label still downloads."""
+    body = _json_body(optional=True)
+    with current_hub().db.session() as session:
+        adapter, row = catalog.yank_version(session, current_principal(), owner, name, version,
+                                            body.get("reason"))
+        return jsonify(version_view(row, adapter))
+
+
+@api_v1.get("/adapters/<owner>/<name>/versions/<version>/files/<path:path>")
+def download(owner: str, name: str, version: str, path: str):
+    """The bytes of a file: streamed with Range from the local store, a 302 on S3."""
+    hub = current_hub()
+    with hub.db.session() as session:
+        adapter, row, file = catalog.get_file(session, current_principal(), owner, name,
+                                              version, path)
+        if path == COUNTED_FILE and request.method == "GET" and _first_byte_requested():
+            catalog.record_download(session, adapter.id)
+    url = hub.store.presigned_url(file.blob_key, filename=file.path,
+                                  expires_in=hub.settings.presign_ttl)
+    if url is not None:
+        response = redirect(url, code=302)
+        response.headers["ETag"] = f'"{file.sha256}"'
+        return response
+    local = hub.store.local_path(file.blob_key)
+    response = send_file(local, mimetype=_mimetype(file.path), download_name=file.path,
+                         conditional=True, etag=file.sha256, max_age=3600)
+    response.headers["Cache-Control"] = "public, max-age=31536000, immutable" \
+        if version != "latest" else "no-cache"
+    return response
+
+
+def _first_byte_requested() -> bool:
+    """A download counts once: a plain GET, or the range that starts at byte 0."""
+    header = request.headers.get("Range")
+    return header is None or header.replace(" ", "").startswith("bytes=0-")
+
+
+def _mimetype(path: str) -> str:
+    if path.endswith(".json"):
+        return "application/json"
+    if path.endswith(".md"):
+        return "text/markdown; charset=utf-8"
+    return "application/octet-stream"
+
+
+def _json_body(optional: bool = False) -> dict:
+    if optional and not request.get_data():
+        return {}
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body must be a JSON object (Content-Type: application/json).")
+    return body

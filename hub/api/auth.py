@@ -1,0 +1,32 @@
+"""Who is calling: the bearer token, resolved once per request."""
+from __future__ import annotations
+
+from flask import g, request
+
+from hub.app import current_hub
+from hub.errors import Unauthorized
+from hub.services.accounts import Principal, authenticate
+
+
+def current_principal() -> Principal | None:
+    """The caller, or None when anonymous; a bad token is 401, never anonymous."""
+    if "principal" in g:
+        return g.principal
+    header = request.headers.get("Authorization")
+    principal = None
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("Send the token as `Authorization: Bearer <token>`.")
+        with current_hub().db.session() as session:
+            principal = authenticate(session, token.strip())
+    g.principal = principal
+    return principal
+
+
+def require_principal() -> Principal:
+    """The caller; 401 when anonymous."""
+    principal = current_principal()
+    if principal is None:
+        raise Unauthorized("This needs a token: send `Authorization: Bearer <token>`.")
+    return principal

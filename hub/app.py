@@ -1,0 +1,66 @@
+"""The Flask application factory and the objects it wires together."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from flask import Flask, current_app, g, request
+
+from hub.config import Settings
+from hub.db import Database
+from hub.storage import BlobStore, open_store
+
+log = logging.getLogger("hub.request")
+
+
+@dataclass
+class Hub:
+    """What a request handler needs: settings, the database and the blob store."""
+
+    settings: Settings
+    db: Database
+    store: BlobStore
+
+
+def current_hub() -> Hub:
+    """The Hub of the running app."""
+    return current_app.extensions["lorastack"]
+
+
+def build_app(settings: Settings | None = None) -> Flask:
+    """Create the app: settings from the environment unless given; nothing global."""
+    from hub.api import api_v1, register_error_handlers
+    from hub.api.uploads import HubRequest
+
+    settings = settings or Settings.from_env()
+    app = Flask("hub")
+    app.request_class = HubRequest
+    app.config.update(
+        SECRET_KEY=settings.resolved_secret_key(),
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False
+    hub = Hub(settings=settings, db=Database(settings.database_url),
+              store=open_store(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url))
+    app.extensions["lorastack"] = hub
+    (settings.data_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    app.register_blueprint(api_v1)
+    register_error_handlers(app)
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex[:16]
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _log_request(response):
+        response.headers["X-Request-ID"] = g.get("request_id", "-")
+        elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        log.info("%s %s %s %d %.1fms", g.get("request_id", "-"), request.method,
+                 request.full_path.rstrip("?"), response.status_code, elapsed)
+        return response
+
+    return app

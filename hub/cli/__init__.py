@@ -1,0 +1,18 @@
+"""The `lorastack` command. Subcommands live in small modules; heavy imports stay lazy."""
+from __future__ import annotations
+
+import click
+
+from hub import __version__
+from hub.cli import client, merge_local, server
+
+
+@click.group()
+@click.version_option(__version__, prog_name="lorastack")
+def main() -> None:
+    """lorastack: a registry and merge hub for LoRA adapters."""
+
+
+main.add_command(merge_local.merge_local)
+server.register(main)
+client.register(main)

@@ -1,0 +1,146 @@
+"""Client-side commands: push, pull, search."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+
+from hub.cli.http import HubClient, MultipartStream
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+
+
+def _split_ref(ref: str) -> tuple[str, str, str]:
+    """owner/name[@version] -> (owner, name, version or 'latest')."""
+    spec, _, version = ref.partition("@")
+    owner, slash, name = spec.partition("/")
+    if not slash or not owner or not name or "/" in name:
+        raise click.BadParameter(f"{ref!r} is not owner/name[@version]")
+    return owner, name, version or "latest"
+
+
+@click.command("push")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("ref")
+@click.option("--version", "version", required=True, help="Version label, e.g. 1.0.0.")
+@click.option("--license", "license_id", default=None,
+              help="Licence id (see GET /api/v1/licenses); default: the README's front matter.")
+@click.option("--license-name", default=None, help="With --license other.")
+@click.option("--license-link", default=None, help="With --license other.")
+@click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
+@click.option("--description", default=None)
+@click.option("--task", default=None)
+@click.option("--base-model", default=None)
+@click.option("--private", is_flag=True, help="Create the adapter as private.")
+def push(directory: Path, ref: str, version: str, license_id: str | None,
+         license_name: str | None, license_link: str | None, tags: tuple[str, ...],
+         description: str | None, task: str | None, base_model: str | None,
+         private: bool) -> None:
+    """Publish the PEFT adapter in DIRECTORY as owner/name at --version."""
+    owner, name, at = _split_ref(ref)
+    if at != "latest":
+        raise click.BadParameter("give the version with --version, not @", param_hint="REF")
+    files = [directory / f for f in ADAPTER_FILES if (directory / f).is_file()]
+    missing = [f for f in ADAPTER_FILES[:2] if not (directory / f).is_file()]
+    if missing:
+        pickles = sorted(p.name for p in directory.glob("*.bin")) + \
+            sorted(p.name for p in directory.glob("*.pt"))
+        hint = (f"; found {', '.join(pickles)}: pickle files are refused, save with"
+                " save_pretrained(dir, safe_serialization=True)" if pickles else "")
+        raise click.ClickException(f"{directory} has no {', '.join(missing)}{hint}")
+    metadata: dict = {}
+    for key, value in (("description", description), ("task", task),
+                       ("base_model", base_model)):
+        if value is not None:
+            metadata[key] = value
+    if tags:
+        metadata["tags"] = list(tags)
+    if private:
+        metadata["visibility"] = "private"
+    fields = [("version", version)]
+    for key, value in (("license", license_id), ("license_name", license_name),
+                       ("license_link", license_link)):
+        if value:
+            fields.append((key, value))
+    if metadata:
+        fields.append(("metadata", json.dumps(metadata)))
+    body = MultipartStream(fields, [("files", path) for path in files])
+    client = HubClient()
+    response = client.request("POST", f"/adapters/{owner}/{name}/versions", data=body,
+                              headers={"Content-Type": body.content_type}, timeout=None)
+    result = response.json()
+    verb = "published" if response.status_code == 201 else "already published (identical)"
+    click.echo(f"{verb} {result['adapter']}@{result['version']}"
+               f" ({len(result['files'])} files, {result['size_bytes']} bytes)")
+
+
+@click.command("pull")
+@click.argument("ref")
+@click.argument("directory", type=click.Path(path_type=Path))
+def pull(ref: str, directory: Path) -> None:
+    """Download owner/name[@version] into DIRECTORY (checking every sha256)."""
+    owner, name, version = _split_ref(ref)
+    client = HubClient()
+    info = client.request("GET", f"/adapters/{owner}/{name}/versions/{version}").json()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".pull-", dir=directory.parent))
+    try:
+        for file in info["files"]:
+            url = f"/adapters/{owner}/{name}/versions/{info['version']}/files/{file['path']}"
+            digest = hashlib.sha256()
+            with client.request("GET", url, stream=True) as response, \
+                    open(staging / file["path"], "wb") as out:
+                for chunk in response.iter_content(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != file["sha256"]:
+                raise click.ClickException(f"{file['path']}: sha256 mismatch; download again")
+        directory.mkdir(parents=True, exist_ok=True)
+        for file in info["files"]:
+            os.replace(staging / file["path"], directory / file["path"])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    click.echo(f"pulled {info['adapter']}@{info['version']} into {directory}")
+
+
+@click.command("search")
+@click.argument("text", required=False)
+@click.option("--base-model", default=None)
+@click.option("--license", "license_id", default=None)
+@click.option("--tag", default=None)
+@click.option("--task", default=None)
+@click.option("--owner", default=None)
+@click.option("--sort", type=click.Choice(["downloads", "created", "updated", "name"]),
+              default="downloads", show_default=True)
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON items.")
+def search(text, base_model, license_id, tag, task, owner, sort, limit, as_json) -> None:
+    """Search the catalog."""
+    params = {key: value for key, value in (("search", text), ("base_model", base_model),
+                                            ("license", license_id), ("tag", tag),
+                                            ("task", task), ("owner", owner), ("sort", sort),
+                                            ("limit", limit)) if value is not None}
+    items = HubClient().request("GET", "/adapters", params=params).json()["items"]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo("no adapters found")
+        return
+    rows = [(i["id"], i["latest_version"] or "-", i["license"] or "-", i["base_model"] or "-",
+             str(i["downloads"])) for i in items]
+    header = ("ADAPTER", "LATEST", "LICENSE", "BASE MODEL", "DOWNLOADS")
+    widths = [max(len(r[c]) for r in rows + [header]) for c in range(len(header))]
+    for row in [header] + rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def register(group: click.Group) -> None:
+    """Add the client commands to the `lorastack` group."""
+    for command in (push, pull, search):
+        group.add_command(command)

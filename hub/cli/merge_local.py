@@ -1,0 +1,93 @@
+"""`lorastack merge-local`: the offline merge command (torch loads only when it runs)."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import click
+
+from hub.errors import HubError, InvalidMerge
+from hub.merge.spec import ALIASES, DEVICES, DTYPES, METHODS, OUTPUTS, SIGN_METHODS, MergeSpec, SourceSpec
+
+
+def parse_source(arg: str) -> SourceSpec:
+    """DIR[:WEIGHT]: split on the last ':' only when the tail parses as a float; weights must be finite."""
+    path, weight = arg, 1.0
+    head, sep, tail = arg.rpartition(":")
+    if sep and head:
+        try:
+            weight = float(tail)
+        except ValueError:
+            # "C:\\x" or "dir:name": the colon belongs to the path, unless the path is missing
+            # and the tail looks like a weight someone mistyped (refused below, not guessed).
+            weight = 1.0
+        else:
+            path = head
+            if not math.isfinite(weight):
+                raise InvalidMerge(f"weight for {head} is not a finite number: {tail!r}")
+    if not path:
+        raise InvalidMerge(f"no adapter folder in {arg!r}")
+    return SourceSpec(Path(path), weight)
+
+
+class _Progress:
+    """Redraw a percentage on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.last = -1
+
+    def __call__(self, fraction: float) -> None:
+        percent = int(fraction * 100)
+        if self.enabled and percent != self.last:
+            self.last = percent
+            click.echo(f"\rmerging... {percent:3d}%", err=True, nl=percent >= 100)
+
+
+@click.command("merge-local")
+@click.argument("sources", nargs=-1, required=True, metavar="DIR[:WEIGHT]...")
+@click.option("--method", default="linear", show_default=True,
+              help=f"One of {', '.join(METHODS)}; PEFT's {', '.join(ALIASES)} are aliases.")
+@click.option("--rank", type=int, default=None,
+              help="Target rank (best rank-N approximation); linear without it is exact.")
+@click.option("--density", type=float, default=None,
+              help="Fraction of each update kept by ties / dare / magnitude_prune, in (0, 1].")
+@click.option("--majority-sign-method", type=click.Choice(SIGN_METHODS), default="total",
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for DARE's drops.")
+@click.option("--output", "output_kind", type=click.Choice(OUTPUTS), default="lora", show_default=True,
+              help="lora: a PEFT adapter folder; delta: delta.safetensors keyed by base weight names.")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
+              help="Output dtype (default: the sources' dtype); computation is float32 or better.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output folder (must not exist, or be empty).")
+def merge_local(sources: tuple[str, ...], method: str, rank: int | None, density: float | None,
+                majority_sign_method: str, seed: int, output_kind: str, dtype: str | None,
+                device: str, out_dir: Path) -> None:
+    """Merge LoRA adapter folders DIR[:WEIGHT] (weight 1 by default; negative subtracts)."""
+    try:
+        specs = [parse_source(arg) for arg in sources]
+        spec = MergeSpec(method=method, rank=rank, density=density,
+                         majority_sign_method=majority_sign_method, seed=seed,
+                         output=output_kind, dtype=dtype, device=device).validate()
+        from hub.merge.engine import merge_to_folder  # torch loads here, not at CLI start
+
+        report = merge_to_folder(specs, spec, out_dir, progress=_Progress())
+    except HubError as exc:
+        raise click.ClickException(exc.detail) from None
+    except MemoryError:
+        raise click.ClickException("out of memory while merging; try --device cuda or fewer sources") from None
+    except Exception as exc:  # one line, never a traceback, for anything unforeseen
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise click.ClickException(f"merge failed: {message}") from None
+    modules = report["modules"]
+    ranks = sorted({m["rank"] for m in modules if m["rank"] is not None})
+    kept = report["energy_kept_min"]
+    click.echo(f"merged {len(report['sources'])} adapters ({report['canonical_method']}) into "
+               f"{out_dir}: {len(modules)} modules"
+               + (f", rank {ranks[0]}" if len(ranks) == 1 else
+                  f", ranks {ranks[0]}-{ranks[-1]}" if ranks else "")
+               + (f", energy kept >= {kept:.4f}" if kept is not None else "")
+               + f", {report['elapsed_s']:.2f}s on {report['device']}")

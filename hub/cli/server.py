@@ -1,0 +1,156 @@
+"""Server-side commands: serve, db upgrade, users, tokens, gc."""
+from __future__ import annotations
+
+import click
+
+from hub.errors import HubError
+
+
+def _settings():
+    from hub.config import Settings
+
+    return Settings.from_env()
+
+
+def _fail(error: HubError) -> click.ClickException:
+    return click.ClickException(f"{error.detail} ({error.code})")
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=int, default=None, help="Port (default: PORT or 8000).")
+@click.option("--workers", type=int, default=1, show_default=True, help="gunicorn workers.")
+@click.option("--threads", type=int, default=8, show_default=True, help="Threads per worker.")
+@click.option("--debug", is_flag=True, help="Flask's development server with the debugger.")
+def serve(host: str, port: int | None, workers: int, threads: int, debug: bool) -> None:
+    """Apply migrations, then serve the hub (gunicorn, threaded workers)."""
+    from hub import create_app
+    from hub.db import upgrade
+
+    settings = _settings()
+    port = port or settings.port
+    upgrade(settings.database_url)
+    click.echo(f"lorastack serving on http://{host}:{port} (database {_redact(settings.database_url)},"
+               f" storage {settings.storage_url})")
+    if debug:
+        create_app(settings).run(host=host, port=port, debug=True)
+        return
+    from gunicorn.app.base import BaseApplication
+
+    class _Gunicorn(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("threads", threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("timeout", 0)  # uploads of several GB must not be killed
+            self.cfg.set("accesslog", "-")
+
+        def load(self):
+            return create_app(settings)
+
+    _Gunicorn().run()
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+@click.group("db")
+def db_group() -> None:
+    """Database maintenance."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply the Alembic migrations."""
+    from hub.db import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url, revision)
+    click.echo(f"database at {revision}: {_redact(settings.database_url)}")
+
+
+@click.group("users")
+def users_group() -> None:
+    """Manage users."""
+
+
+@users_group.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="Make the user an administrator.")
+def users_create(name: str, admin: bool) -> None:
+    """Create a user; prints a write token on the last line."""
+    from hub.db import Database, upgrade
+    from hub.services.accounts import create_token, create_user
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    try:
+        with db.session() as session:
+            create_user(session, name, is_admin=admin)
+            token = create_token(session, name, scope="write")
+    except HubError as error:
+        raise _fail(error) from None
+    click.echo(f"created user {name}{' (admin)' if admin else ''}; write token (shown once):")
+    click.echo(token)
+
+
+@click.group("tokens")
+def tokens_group() -> None:
+    """Manage API tokens."""
+
+
+@tokens_group.command("create")
+@click.argument("user")
+@click.option("--scope", type=click.Choice(["read", "write"]), default="write",
+              show_default=True)
+def tokens_create(user: str, scope: str) -> None:
+    """Create a token for USER; prints it once."""
+    from hub.db import Database, upgrade
+    from hub.services.accounts import create_token
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    try:
+        with db.session() as session:
+            token = create_token(session, user, scope=scope)
+    except HubError as error:
+        raise _fail(error) from None
+    click.echo(f"{scope} token for {user} (shown once):")
+    click.echo(token)
+
+
+@click.command("gc")
+@click.option("--grace-hours", type=float, default=24.0, show_default=True,
+              help="Only remove orphan blobs older than this.")
+@click.option("--dry-run", is_flag=True, help="List what would be removed.")
+def gc(grace_hours: float, dry_run: bool) -> None:
+    """Remove blobs that no file row names, after a grace period."""
+    from hub.db import Database
+    from hub.services.maintenance import collect_garbage
+    from hub.storage import open_store
+
+    settings = _settings()
+    db = Database(settings.database_url)
+    store = open_store(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url)
+    try:
+        with db.session() as session:
+            removed = collect_garbage(session, store, grace_hours=grace_hours, dry_run=dry_run)
+    except HubError as error:
+        raise _fail(error) from None
+    for key in removed:
+        click.echo(("would remove " if dry_run else "removed ") + key)
+    click.echo(f"{len(removed)} orphan blob(s) {'found' if dry_run else 'removed'}")
+
+
+def register(group: click.Group) -> None:
+    """Add the server commands to the `lorastack` group."""
+    for command in (serve, db_group, users_group, tokens_group, gc):
+        group.add_command(command)

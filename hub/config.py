@@ -1,0 +1,110 @@
+"""Settings: the only module that reads LORASTACK_* environment variables."""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed, frozen server settings; build with `Settings.from_env()`."""
+
+    data_dir: Path = Path("./var")
+    database_url: str = ""
+    storage_url: str = ""
+    s3_endpoint_url: str | None = None
+    queue: str = "inline"
+    broker_url: str | None = None
+    max_upload_bytes: int = 10 * GiB
+    secret_key: str | None = None
+    port: int = 8000
+    # Presigned download URLs live this long (seconds).
+    presign_ttl: int = 300
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        data_dir = Path(self.data_dir)
+        object.__setattr__(self, "data_dir", data_dir)
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{data_dir.resolve() / 'hub.db'}")
+        object.__setattr__(self, "database_url", normalize_database_url(self.database_url))
+        if not self.storage_url:
+            object.__setattr__(self, "storage_url", f"file://{data_dir.resolve() / 'blobs'}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Read LORASTACK_* (and PORT) from `env` (default: the process environment)."""
+        env = os.environ if env is None else env
+        values: dict = {}
+        if "LORASTACK_DATA_DIR" in env:
+            values["data_dir"] = Path(env["LORASTACK_DATA_DIR"])
+        for key, attr in (("LORASTACK_DATABASE_URL", "database_url"),
+                          ("LORASTACK_STORAGE_URL", "storage_url"),
+                          ("LORASTACK_S3_ENDPOINT_URL", "s3_endpoint_url"),
+                          ("LORASTACK_QUEUE", "queue"),
+                          ("LORASTACK_BROKER_URL", "broker_url"),
+                          ("LORASTACK_SECRET_KEY", "secret_key")):
+            if env.get(key):
+                values[attr] = env[key]
+        if env.get("LORASTACK_MAX_UPLOAD_BYTES"):
+            values["max_upload_bytes"] = _positive_int("LORASTACK_MAX_UPLOAD_BYTES",
+                                                       env["LORASTACK_MAX_UPLOAD_BYTES"])
+        if env.get("PORT"):
+            values["port"] = _positive_int("PORT", env["PORT"])
+        values.update(overrides)
+        return cls(**values)
+
+    def with_overrides(self, **changes) -> "Settings":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def resolved_secret_key(self) -> str:
+        """The secret key; generated once into DATA_DIR when not set explicitly."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # O_EXCL: two processes starting at once must agree on one key.
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_hex(32))
+            except FileExistsError:
+                pass
+        return path.read_text().strip()
+
+
+def normalize_database_url(url: str) -> str:
+    """Make a plain postgresql:// URL use psycopg 3, the driver we install."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+    if value <= 0:
+        raise SystemExit(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def client_endpoint(env: Mapping[str, str] | None = None) -> str:
+    """The hub URL the CLI talks to (LORASTACK_ENDPOINT)."""
+    env = os.environ if env is None else env
+    return env.get("LORASTACK_ENDPOINT", "http://127.0.0.1:8000").rstrip("/")
+
+
+def client_token(env: Mapping[str, str] | None = None) -> str | None:
+    """The bearer token the CLI sends (LORASTACK_TOKEN)."""
+    env = os.environ if env is None else env
+    return env.get("LORASTACK_TOKEN") or None

@@ -1,0 +1,127 @@
+"""README.md: UTF-8 text with optional YAML front matter (the Hugging Face model card)."""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from hub.errors import InvalidRequest
+
+DEFAULT_MAX_README_BYTES = 5_000_000
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)",
+                           re.DOTALL | re.MULTILINE)
+_EMPTY_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)")
+
+
+@dataclass(frozen=True)
+class ReadmeInfo:
+    """The README text and the fields its front matter supplies."""
+
+    text: str
+    front_matter: dict = field(default_factory=dict)
+    license: str | None = None
+    tags: list[str] = field(default_factory=list)
+    base_model: str | None = None
+    license_name: str | None = None
+    license_link: str | None = None
+    pipeline_tag: str | None = None
+    task: str | None = None
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases: an alias bomb is tiny YAML but huge once dumped."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102 - PyYAML hook
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not allowed", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    # The front matter is stored as JSON: dates become ISO strings, keys strings.
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
+        return [_jsonable(v, where) for v in items]
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise InvalidRequest(f"README.md front matter: unsupported value at {where} "
+                         f"({type(value).__name__})")
+
+
+def _opt_str(fm: dict, key: str) -> str | None:
+    value = fm.get(key)
+    if value is None:
+        return None
+    if isinstance(value, list):  # base_model may list several; the first is the base
+        value = value[0] if value else None
+        if value is None:
+            return None
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise InvalidRequest(f"README.md front matter: `{key}` must be a string")
+    return str(value).strip() or None
+
+
+def _tags(fm: dict) -> list[str]:
+    tags = fm.get("tags")
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        tags = [tags]
+    if not isinstance(tags, list) or not all(isinstance(t, (str, int, float)) and
+                                             not isinstance(t, bool) for t in tags):
+        raise InvalidRequest("README.md front matter: `tags` must be a string or a list of strings")
+    return [str(t).strip() for t in tags if str(t).strip()]
+
+
+def parse_front_matter(text: str) -> dict:
+    """The YAML front matter between leading '---' lines as a dict ({} when absent)."""
+    if _EMPTY_FRONT_MATTER.match(text):
+        return {}
+    m = _FRONT_MATTER.match(text)
+    if m is None:
+        if text.startswith("---\n") or text.startswith("---\r\n"):
+            raise InvalidRequest("README.md front matter starts with '---' but never ends")
+        return {}
+    try:
+        data = yaml.load(m.group(1), Loader=_NoAliasLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise InvalidRequest(f"README.md front matter is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("README.md front matter is nested too deeply") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidRequest("README.md front matter must be a YAML mapping "
+                             f"(key: value lines), not a {type(data).__name__}")
+    return _jsonable(data, "front matter")
+
+
+def parse_readme(data: bytes, *, max_bytes: int = DEFAULT_MAX_README_BYTES) -> ReadmeInfo:
+    """Decode README.md bytes as UTF-8 and read its front matter fields."""
+    if len(data) > max_bytes:
+        raise InvalidRequest(f"README.md has {len(data)} bytes; the limit is {max_bytes}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            f"README.md is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    text = text.removeprefix("\ufeff")
+    fm = parse_front_matter(text)
+    pipeline_tag = _opt_str(fm, "pipeline_tag")
+    return ReadmeInfo(
+        text=text, front_matter=fm, license=_opt_str(fm, "license"), tags=_tags(fm),
+        base_model=_opt_str(fm, "base_model"), license_name=_opt_str(fm, "license_name"),
+        license_link=_opt_str(fm, "license_link"), pipeline_tag=pipeline_tag,
+        task=pipeline_tag or _opt_str(fm, "task"))

@@ -1,0 +1,160 @@
+"""TIES, DARE and magnitude merging on one module's dense updates, and their truncation.
+
+The rules are PEFT's `peft.utils.merge_utils`, applied to the updates `dW_i = s_i B_i A_i`
+(not to the factors, which is what PEFT's non-svd variants do). Sources are streamed:
+a module never holds more than a few d x k tensors unless the cached pruned updates fit
+the cache budget. DARE draws from a generator seeded per (seed, module, source), so a
+merge is reproducible and independent of module order.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import torch
+
+from hub.merge.factored import LowRank, energy_fraction, split_factors
+
+#: Above this many bytes of pruned updates per module, recompute instead of caching.
+CACHE_BYTES = 1 << 30
+#: The randomized truncation is kept when its relative error is within this factor of
+#: a certified bound on the exact truncation's error.
+RANDOMIZED_TOLERANCE = 1.01
+
+
+def source_seed(seed: int, module: str, index: int) -> int:
+    """The DARE seed for one source at one module, derived from the user's seed."""
+    digest = hashlib.sha256(f"{seed}:{module}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def magnitude_prune(t: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the int(density * numel) largest-magnitude entries (PEFT's magnitude pruning)."""
+    if density >= 1:
+        return t
+    k = int(density * t.numel())
+    if k <= 0:
+        return torch.zeros_like(t)
+    flat = t.abs().reshape(-1)
+    # kthvalue is several times faster than PEFT's topk for large k and keeps the same set.
+    threshold = torch.kthvalue(flat, flat.numel() - k + 1).values
+    mask = flat > threshold
+    short = k - int(mask.sum())
+    if short > 0:
+        # Magnitudes equal to the threshold fill the remaining slots in index order.
+        ties = (flat == threshold).nonzero().reshape(-1)[:short]
+        mask[ties] = True
+    return t * mask.reshape(t.shape)
+
+
+def random_prune(t: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
+    """DARE: drop each entry with probability 1 - density and rescale the rest by 1/density."""
+    if density >= 1:
+        return t
+    mask = torch.bernoulli(torch.full_like(t, density), generator=generator)
+    return (t * mask) / density
+
+
+def combine(method: str, delta: Callable[[int], torch.Tensor], weights: list[float], density: float,
+            sign_method: str = "total", seed: int = 0, module: str = "") -> torch.Tensor:
+    """The merged dense update of one module; `delta(i)` gives source i's dW_i."""
+    n = len(weights)
+
+    def pruned(i: int) -> torch.Tensor:
+        t = delta(i)
+        if method in ("dare_linear", "dare_ties"):
+            g = torch.Generator(device=t.device)
+            g.manual_seed(source_seed(seed, module, i))
+            return random_prune(t, density, g)
+        return magnitude_prune(t, density)
+
+    if method in ("magnitude_prune", "dare_linear"):
+        total = None
+        for i in range(n):
+            term = pruned(i) * weights[i]
+            total = term if total is None else total.add_(term)
+        return total
+    if method not in ("ties", "dare_ties"):
+        raise ValueError(f"not a dense method: {method}")
+    cache: list[torch.Tensor] | None = []
+    elect = None
+    for i in range(n):
+        p = pruned(i)
+        contribution = p if sign_method == "total" else p.sign()
+        elect = contribution.clone() if elect is None else elect.add_(contribution)
+        if cache is not None:
+            if (len(cache) + 1) * p.numel() * p.element_size() <= CACHE_BYTES:
+                cache.append(p)
+            else:
+                cache = None
+    majority = torch.where(elect >= 0, 1.0, -1.0).to(elect.dtype)
+    del elect
+    numerator = None
+    count = None
+    for i in range(n):
+        p = cache[i] if cache is not None else pruned(i)
+        agree = p.sign() == majority
+        term = (p * weights[i]) * agree
+        numerator = term if numerator is None else numerator.add_(term)
+        agree = agree.to(p.dtype)
+        count = agree if count is None else count.add_(agree)
+    return numerator / torch.clamp(count, min=1.0)
+
+
+def _residual_norm_estimate(M: torch.Tensor, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor,
+                            iters: int = 6, block: int = 4, seed: int = 0) -> float:
+    """Power-iteration estimate of ||M - U S V^T||_2 without forming the residual."""
+    g = torch.Generator(device=M.device)
+    g.manual_seed(seed)
+    x = torch.randn(M.shape[1], block, generator=g, device=M.device, dtype=M.dtype)
+    sigma = 0.0
+    for _ in range(iters):
+        x, _ = torch.linalg.qr(x)
+        y = M @ x - U @ (S[:, None] * (V.T @ x))
+        sigma = float(torch.linalg.matrix_norm(y, ord=2))
+        x = M.T @ y - V @ (S[:, None] * (U.T @ y))
+    return sigma
+
+
+def randomized_svd(M: torch.Tensor, q: int, niter: int = 4, seed: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Halko et al. range finder with a seeded generator (torch.svd_lowrank uses the global RNG).
+
+    Returns U, S, Vh with U S Vh = Q Q^T M exactly, Q the q-dimensional range found.
+    """
+    g = torch.Generator(device=M.device)
+    g.manual_seed(seed)
+    Q = torch.linalg.qr(M @ torch.randn(M.shape[1], q, generator=g, device=M.device,
+                                        dtype=M.dtype)).Q
+    for _ in range(niter):
+        Q = torch.linalg.qr(M @ torch.linalg.qr(M.T @ Q).Q).Q
+    U, S, Vh = torch.linalg.svd(Q.T @ M, full_matrices=False)
+    return Q @ U, S, Vh
+
+
+def truncate(M: torch.Tensor, rank: int, allow_randomized: bool = True) -> LowRank:
+    """Best rank-`rank` factors of a dense update, by randomized SVD when certified, else exact."""
+    d, k = M.shape
+    mn = min(d, k)
+    r = min(rank, mn)
+    total = float((M.double() ** 2).sum()) if M.numel() else 0.0
+    if total == 0.0:
+        return LowRank(torch.zeros(d, 1, device=M.device), torch.zeros(1, k, device=M.device),
+                       torch.zeros(0, device=M.device), 0, 1.0)
+    q = min(mn, 2 * r + 16)
+    if allow_randomized and 2 * q < mn:
+        U, S, Vh = randomized_svd(M, q)
+        V = Vh.T
+        kept = float((S[:r].double() ** 2).sum())
+        residual_f2 = max(total - float((S.double() ** 2).sum()), 0.0)
+        rho = 1.1 * _residual_norm_estimate(M, U, S, V)
+        # Ky Fan + Weyl: the exact top-r energy is at most ours plus min(r rho^2, ||R||_F^2).
+        best_possible = min(total, kept + min(r * rho * rho, residual_f2))
+        err_random = max(total - kept, 0.0)
+        err_exact_low = max(total - best_possible, 0.0)
+        if err_random <= (RANDOMIZED_TOLERANCE ** 2) * err_exact_low or err_random <= 1e-12 * total:
+            B, A = split_factors(U, S, Vh, r)
+            return LowRank(B, A, S, r, kept / total, "randomized")
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    B, A = split_factors(U, S, Vh, r)
+    return LowRank(B, A, S, r, energy_fraction(S, r), "exact")

@@ -1,0 +1,164 @@
+"""SQLAlchemy 2.0 models: users, tokens, adapters, versions and their files."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer,
+                        String, Text, UniqueConstraint)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from hub.db import Base
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp that always comes back timezone-aware UTC (SQLite forgets the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class User(Base):
+    """An account: owns adapters, holds tokens."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    tokens: Mapped[list[Token]] = relationship(back_populates="user")
+
+
+class Token(Base):
+    """An API token, stored as its sha256 (the token itself is shown once)."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    scope: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    user: Mapped[User] = relationship(back_populates="tokens")
+
+
+class Adapter(Base):
+    """A named adapter, `owner/name`, holding immutable versions."""
+
+    __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(96))
+    description: Mapped[str] = mapped_column(Text, default="")
+    base_model: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
+    license: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    task: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    visibility: Mapped[str] = mapped_column(String(16), default="public")
+    downloads: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    owner: Mapped[User] = relationship()
+    tags: Mapped[list[AdapterTag]] = relationship(cascade="all, delete-orphan",
+                                                  order_by="AdapterTag.position")
+    versions: Mapped[list[Version]] = relationship(
+        back_populates="adapter", order_by="(Version.created_at.desc(), Version.id.desc())")
+
+
+class AdapterTag(Base):
+    """One tag of an adapter (a table, so tag filters are plain indexed joins)."""
+
+    __tablename__ = "adapter_tags"
+    __table_args__ = (UniqueConstraint("adapter_id", "tag"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
+    tag: Mapped[str] = mapped_column(String(64), index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Version(Base):
+    """An immutable published version: its files never change; it can only be yanked."""
+
+    __tablename__ = "versions"
+    __table_args__ = (UniqueConstraint("adapter_id", "label"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"),
+                                            index=True)
+    label: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    license: Mapped[str] = mapped_column(String(64))
+    license_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    license_link: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    base_model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    peft_type: Mapped[str] = mapped_column(String(32))
+    task_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    r: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    lora_alpha: Mapped[float | None] = mapped_column(Float, nullable=True)
+    target_modules: Mapped[list] = mapped_column(JSON, default=list)
+    num_parameters: Mapped[int] = mapped_column(BigInteger, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    mergeable: Mapped[bool] = mapped_column(Boolean, default=False)
+    # sha256 over the sorted (path, sha256) pairs: identical re-sends are recognised by it.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    yanked: Mapped[bool] = mapped_column(Boolean, default=False)
+    yank_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+
+    adapter: Mapped[Adapter] = relationship(back_populates="versions")
+    files: Mapped[list[VersionFile]] = relationship(cascade="all, delete-orphan",
+                                                    order_by="VersionFile.path")
+    parents: Mapped[list[VersionParent]] = relationship(
+        cascade="all, delete-orphan", foreign_keys="VersionParent.version_id")
+
+
+class VersionFile(Base):
+    """A file of a version: where its bytes live (a content address) and what they are."""
+
+    __tablename__ = "version_files"
+    __table_args__ = (UniqueConstraint("version_id", "path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(128))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    blob_key: Mapped[str] = mapped_column(String(128))
+
+
+class VersionParent(Base):
+    """Lineage: a merged version names the versions it was made from, with weights."""
+
+    __tablename__ = "version_parents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"),
+                                            index=True)
+    parent_version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"))
+    weight: Mapped[float] = mapped_column(Float)
+
+    parent: Mapped[Version] = relationship(foreign_keys=[parent_version_id])

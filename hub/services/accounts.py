@@ -1,0 +1,86 @@
+"""Users and tokens: tokens are random, shown once, and stored as their sha256."""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from hub.errors import InvalidRequest, NotFound, Unauthorized
+from hub.models import Token, User, utcnow
+from hub.services.names import check_user_name
+
+SCOPES = ("read", "write")
+TOKEN_PREFIX = "lst_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a user and what their token allows."""
+
+    user_id: int
+    name: str
+    is_admin: bool
+    scopes: tuple[str, ...]
+
+    def can_write(self) -> bool:
+        """True when the token carries the write scope."""
+        return "write" in self.scopes
+
+    def owns(self, owner_name: str) -> bool:
+        """True when this caller may act as `owner_name` (itself, or an admin)."""
+        return self.is_admin or self.name == owner_name
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_user(session: Session, name: str, *, is_admin: bool = False) -> User:
+    """Create a user; InvalidRequest if the name is taken."""
+    check_user_name(name)
+    if session.scalar(select(User).where(User.name == name)) is not None:
+        raise InvalidRequest(f"The user {name!r} already exists.", code="user_exists",
+                             status=409)
+    user = User(name=name, is_admin=is_admin)
+    session.add(user)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise InvalidRequest(f"The user {name!r} already exists.", code="user_exists",
+                             status=409) from None
+    return user
+
+
+def create_token(session: Session, user_name: str, *, scope: str = "write") -> str:
+    """Create a token for `user_name` and return it; only its hash is stored."""
+    if scope not in SCOPES:
+        raise InvalidRequest(f"Unknown scope {scope!r}: use 'read' or 'write'.")
+    user = session.scalar(select(User).where(User.name == user_name))
+    if user is None:
+        raise NotFound(f"No user named {user_name!r}; create it with"
+                       " `lorastack users create NAME`.")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(Token(user_id=user.id, token_hash=hash_token(token), prefix=token[:8],
+                      scope=scope))
+    session.flush()
+    return token
+
+
+def authenticate(session: Session, token: str) -> Principal:
+    """The principal a bearer token stands for; Unauthorized if it is unknown."""
+    row = session.execute(
+        select(Token, User).join(User, Token.user_id == User.id)
+        .where(Token.token_hash == hash_token(token), Token.revoked.is_(False))
+    ).first()
+    if row is None:
+        raise Unauthorized("The token is not valid. Create one with"
+                           " `lorastack tokens create USER`.")
+    token_row, user = row
+    token_row.last_used_at = utcnow()
+    scopes = ("read", "write") if token_row.scope == "write" else ("read",)
+    return Principal(user_id=user.id, name=user.name, is_admin=user.is_admin, scopes=scopes)

@@ -1,0 +1,254 @@
+"""Reading the registry: lookups with visibility, search with keyset pagination, edits."""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.orm import Session, selectinload
+
+from hub.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from hub.models import Adapter, AdapterTag, User, Version, VersionFile, utcnow
+from hub.services.accounts import Principal
+from hub.services.names import check_adapter_name, check_user_name, parse_metadata
+from hub.services.views import latest_version
+
+SORTS = ("downloads", "created", "updated", "name")
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 20
+
+
+def visible_clause(principal: Principal | None):
+    """SQL condition: adapters the caller may see (private ones only to owner and admins)."""
+    if principal is not None and principal.is_admin:
+        return True
+    if principal is None:
+        return Adapter.visibility == "public"
+    return or_(Adapter.visibility == "public", Adapter.owner_id == principal.user_id)
+
+
+def _adapter_query():
+    return (select(Adapter).join(User, Adapter.owner_id == User.id)
+            .options(selectinload(Adapter.owner), selectinload(Adapter.tags),
+                     selectinload(Adapter.versions).selectinload(Version.files),
+                     selectinload(Adapter.versions).selectinload(Version.parents)))
+
+
+def get_adapter(session: Session, principal: Principal | None, owner: str, name: str) -> Adapter:
+    """The adapter `owner/name` if the caller may see it; NotFound otherwise (never 403)."""
+    check_user_name(owner)
+    check_adapter_name(name)
+    adapter = session.scalar(_adapter_query().where(User.name == owner, Adapter.name == name)
+                             .where(visible_clause(principal)))
+    if adapter is None:
+        raise NotFound(f"No adapter {owner}/{name}.")
+    return adapter
+
+
+def get_version(session: Session, principal: Principal | None, owner: str, name: str,
+                label: str) -> tuple[Adapter, Version]:
+    """A version by label, or `latest` (the newest version that is not yanked)."""
+    adapter = get_adapter(session, principal, owner, name)
+    if label == "latest":
+        version = latest_version(adapter)
+        if version is None:
+            raise NotFound(f"{owner}/{name} has no version that is not yanked.")
+        return adapter, version
+    for version in adapter.versions:
+        if version.label == label:
+            return adapter, version
+    raise NotFound(f"{owner}/{name} has no version {label!r}.")
+
+
+def get_file(session: Session, principal: Principal | None, owner: str, name: str,
+             label: str, path: str) -> tuple[Adapter, Version, VersionFile]:
+    """A file of a version, with the same visibility rules."""
+    adapter, version = get_version(session, principal, owner, name, label)
+    for file in version.files:
+        if file.path == path:
+            return adapter, version, file
+    raise NotFound(f"{owner}/{name}@{version.label} has no file {path!r}.")
+
+
+def record_download(session: Session, adapter_id: int) -> None:
+    """Count one download, atomically in SQL so concurrent downloads are not lost."""
+    session.execute(update(Adapter).where(Adapter.id == adapter_id)
+                    .values(downloads=Adapter.downloads + 1))
+
+
+def require_owner(principal: Principal | None, adapter_owner: str) -> Principal:
+    """The caller, if it may change `adapter_owner`'s adapters with a write token."""
+    if principal is None:
+        raise Unauthorized("This needs a token: send `Authorization: Bearer <token>`.")
+    if not principal.can_write():
+        raise Forbidden("This token has the read scope only; use a write token.")
+    if not principal.owns(adapter_owner):
+        raise Forbidden(f"Only {adapter_owner} (or an admin) can change this adapter.")
+    return principal
+
+
+def update_adapter(session: Session, principal: Principal | None, owner: str, name: str,
+                   changes: dict) -> Adapter:
+    """PATCH: change description, tags, task or visibility (owner or admin)."""
+    adapter = get_adapter(session, principal, owner, name)
+    require_owner(principal, owner)
+    if "base_model" in (changes or {}):
+        raise InvalidRequest("'base_model' comes from the versions and cannot be patched.")
+    metadata = parse_metadata(changes if changes is not None else {})
+    if metadata.description is not None:
+        adapter.description = metadata.description
+    if metadata.task is not None:
+        adapter.task = metadata.task or None
+    if metadata.visibility is not None:
+        adapter.visibility = metadata.visibility
+    if metadata.tags is not None:
+        set_tags(adapter, metadata.tags)
+    adapter.updated_at = utcnow()
+    session.flush()
+    return adapter
+
+
+def set_tags(adapter: Adapter, tags: list[str]) -> None:
+    """Replace the adapter's tags, keeping their order."""
+    adapter.tags.clear()
+    adapter.tags.extend(AdapterTag(tag=tag, position=i) for i, tag in enumerate(tags))
+
+
+def yank_version(session: Session, principal: Principal | None, owner: str, name: str,
+                 label: str, reason: str | None) -> tuple[Adapter, Version]:
+    """Hide a version from `latest`; it stays downloadable by its label."""
+    if label == "latest":
+        raise InvalidRequest("Yank a version by its label, not 'latest'.",
+                             code="invalid_version")
+    adapter, version = get_version(session, principal, owner, name, label)
+    require_owner(principal, owner)
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+        raise InvalidRequest("'reason' must be a string of at most 1000 characters.")
+    version.yanked = True
+    version.yank_reason = reason or None
+    adapter.updated_at = utcnow()
+    session.flush()
+    return adapter, version
+
+
+@dataclass(frozen=True)
+class Query:
+    """A catalog query: filters, sort order and a page."""
+
+    search: str | None = None
+    base_model: str | None = None
+    license: str | None = None
+    tag: str | None = None
+    task: str | None = None
+    owner: str | None = None
+    sort: str = "downloads"
+    limit: int = DEFAULT_LIMIT
+    cursor: str | None = None
+
+
+def parse_query(args) -> Query:
+    """Build a Query from request arguments, refusing what it does not understand."""
+    known = {"search", "base_model", "license", "tag", "task", "owner", "sort", "limit",
+             "cursor"}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise InvalidRequest(f"Unknown query parameter(s): {', '.join(unknown)}; known are"
+                             f" {', '.join(sorted(known))}.")
+    values = {}
+    for key in known - {"limit"}:
+        value = args.get(key)
+        if value is None:
+            continue
+        if len(value) > 256 or any(ord(c) < 32 for c in value):
+            raise InvalidRequest(f"Query parameter {key!r} must be at most 256 printable"
+                                 " characters.")
+        values[key] = value
+    if values.get("sort", "downloads") not in SORTS:
+        raise InvalidRequest(f"Unknown sort {values['sort']!r}: use one of {', '.join(SORTS)}.")
+    if "limit" in args:
+        try:
+            limit = int(args["limit"])
+        except (TypeError, ValueError):
+            raise InvalidRequest("'limit' must be an integer from 1 to 100.") from None
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidRequest("'limit' must be an integer from 1 to 100.")
+        values["limit"] = limit
+    return Query(**values)
+
+
+def _like(term: str) -> str:
+    escaped = term.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+# Each sort: the column, whether it descends, and how a cursor value is decoded.
+_SORT_COLUMNS = {
+    "downloads": (Adapter.downloads, True, int),
+    "created": (Adapter.created_at, True, datetime.fromisoformat),
+    "updated": (Adapter.updated_at, True, datetime.fromisoformat),
+    "name": (Adapter.name, False, str),
+}
+
+
+def _encode_cursor(sort: str, adapter: Adapter) -> str:
+    column, _, _ = _SORT_COLUMNS[sort]
+    value = getattr(adapter, column.key)
+    if isinstance(value, datetime):
+        value = value.isoformat()
+    raw = json.dumps([sort, value, adapter.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(sort: str, cursor: str):
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        cursor_sort, value, last_id = json.loads(raw)
+        _, _, decode = _SORT_COLUMNS[sort]
+        if cursor_sort != sort or not isinstance(last_id, int):
+            raise ValueError("cursor for another sort")
+        return decode(value), last_id
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise InvalidRequest("'cursor' is not valid for this query; use the next_cursor of"
+                             " the previous page, with the same sort.") from None
+
+
+def search_adapters(session: Session, principal: Principal | None,
+                    query: Query) -> tuple[list[Adapter], str | None]:
+    """One page of adapters the caller can see, and the cursor of the next page."""
+    stmt = _adapter_query().where(visible_clause(principal))
+    if query.search:
+        like = _like(query.search)
+        tag_match = exists().where(AdapterTag.adapter_id == Adapter.id,
+                                   func.lower(AdapterTag.tag).like(like, escape="\\"))
+        stmt = stmt.where(or_(func.lower(Adapter.name).like(like, escape="\\"),
+                              func.lower(Adapter.description).like(like, escape="\\"),
+                              tag_match))
+    if query.base_model:
+        stmt = stmt.where(func.lower(Adapter.base_model) == query.base_model.lower())
+    if query.license:
+        stmt = stmt.where(Adapter.license == query.license)
+    if query.task:
+        stmt = stmt.where(Adapter.task == query.task)
+    if query.owner:
+        stmt = stmt.where(User.name == query.owner)
+    if query.tag:
+        stmt = stmt.where(exists().where(AdapterTag.adapter_id == Adapter.id,
+                                         AdapterTag.tag == query.tag))
+    column, descending, _ = _SORT_COLUMNS[query.sort]
+    if query.cursor:
+        value, last_id = _decode_cursor(query.sort, query.cursor)
+        if descending:
+            stmt = stmt.where(or_(column < value, and_(column == value, Adapter.id < last_id)))
+        else:
+            stmt = stmt.where(or_(column > value, and_(column == value, Adapter.id > last_id)))
+    order = (column.desc(), Adapter.id.desc()) if descending else (column.asc(),
+                                                                     Adapter.id.asc())
+    rows = list(session.scalars(stmt.order_by(*order).limit(query.limit + 1)))
+    next_cursor = None
+    if len(rows) > query.limit:
+        rows = rows[:query.limit]
+        next_cursor = _encode_cursor(query.sort, rows[-1])
+    return rows, next_cursor

@@ -1,0 +1,113 @@
+"""Names, version labels and metadata: the API.md patterns, checked in one place."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from hub.errors import InvalidName, InvalidRequest, InvalidVersion
+
+# Hugging Face-like: starts alphanumeric; letters, digits, '.', '_', '-'; no '..'.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,38}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,63}$")
+RESERVED_VERSIONS = {"latest"}
+VISIBILITIES = ("public", "private")
+MAX_DESCRIPTION = 10_000
+MAX_TAGS = 32
+
+
+def check_user_name(name: str) -> str:
+    """Return `name` if it is a valid user (owner) name, else raise InvalidName."""
+    if not isinstance(name, str) or not USER_RE.match(name):
+        raise InvalidName(f"Invalid user name {name!r}: use 1-39 letters, digits, '-' or '_',"
+                          " starting with a letter or digit.")
+    return name
+
+
+def check_adapter_name(name: str) -> str:
+    """Return `name` if it is a valid adapter name, else raise InvalidName."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name \
+            or name.endswith(".git"):
+        raise InvalidName(f"Invalid adapter name {name!r}: use 1-96 letters, digits, '.', '-'"
+                          " or '_', starting with a letter or digit, without '..'.")
+    return name
+
+
+def check_version_label(label: str) -> str:
+    """Return `label` if it is a publishable version label, else raise InvalidVersion."""
+    if not isinstance(label, str) or not VERSION_RE.match(label):
+        raise InvalidVersion(f"Invalid version label {label!r}: it must match"
+                             " ^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$ (for example 1.0.0).")
+    if label.lower() in RESERVED_VERSIONS:
+        raise InvalidVersion(f"The version label {label!r} is reserved; choose another.")
+    return label
+
+
+def check_tags(tags: object) -> list[str]:
+    """A de-duplicated list of valid tags, or InvalidRequest."""
+    if isinstance(tags, str):
+        tags = [tags]
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        raise InvalidRequest("'tags' must be a list of strings.")
+    if len(tags) > MAX_TAGS:
+        raise InvalidRequest(f"At most {MAX_TAGS} tags are allowed, got {len(tags)}.")
+    seen: list[str] = []
+    for tag in tags:
+        tag = tag.strip()
+        if not TAG_RE.match(tag):
+            raise InvalidRequest(f"Invalid tag {tag!r}: use up to 64 letters, digits or"
+                                 " '._:/+-', starting with a letter or digit.")
+        if tag not in seen:
+            seen.append(tag)
+    return seen
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What a publisher may say about an adapter besides its files."""
+
+    description: str | None = None
+    tags: list[str] | None = None
+    task: str | None = None
+    base_model: str | None = None
+    visibility: str | None = None
+
+
+_FIELDS = {"description", "tags", "task", "base_model", "visibility"}
+
+
+def parse_metadata(raw: str | bytes | dict | None) -> Metadata:
+    """Parse and check the `metadata` JSON object of a publish or PATCH request."""
+    if raw is None or raw == "" or raw == b"":
+        return Metadata()
+    if isinstance(raw, (str, bytes)):
+        try:
+            raw = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"'metadata' is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise InvalidRequest("'metadata' must be a JSON object.")
+    unknown = sorted(set(raw) - _FIELDS)
+    if unknown:
+        raise InvalidRequest(f"Unknown metadata field(s): {', '.join(unknown)}; known fields"
+                             f" are {', '.join(sorted(_FIELDS))}.")
+    values: dict = {}
+    for key in ("description", "task", "base_model"):
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InvalidRequest(f"'{key}' must be a string.")
+        limit = MAX_DESCRIPTION if key == "description" else 256
+        if len(value) > limit or any(ord(c) < 32 and c not in "\n\t\r" for c in value):
+            raise InvalidRequest(f"'{key}' must be at most {limit} printable characters.")
+        values[key] = value.strip() if key != "description" else value
+    if raw.get("tags") is not None:
+        values["tags"] = check_tags(raw["tags"])
+    if raw.get("visibility") is not None:
+        if raw["visibility"] not in VISIBILITIES:
+            raise InvalidRequest("'visibility' must be 'public' or 'private'.")
+        values["visibility"] = raw["visibility"]
+    return Metadata(**values)

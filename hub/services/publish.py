@@ -1,0 +1,179 @@
+"""Publishing a version: validate everything, store the blobs, then commit the rows."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from hub.errors import InvalidRequest, NotFound, VersionExists
+from hub.formats import AdapterInfo, validate_upload
+from hub.licenses import get_license, validate_license_fields
+from hub.models import Adapter, User, Version, VersionFile, utcnow
+from hub.services.accounts import Principal
+from hub.services.catalog import require_owner, set_tags
+from hub.services.names import (Metadata, check_adapter_name, check_tags, check_user_name,
+                                check_version_label)
+from hub.storage import BlobStore, blob_key
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded file, already on disk, hashed while it streamed in."""
+
+    name: str
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LicenseChoice:
+    """The licence fields of a publish request (any may be missing)."""
+
+    license: str | None = None
+    license_name: str | None = None
+    license_link: str | None = None
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """The version and whether this request created it (201) or found it (200)."""
+
+    adapter: Adapter
+    version: Version
+    created: bool
+
+
+def fingerprint(uploads: list[Upload]) -> str:
+    """A digest of the (path, sha256) pairs: equal iff the files are identical."""
+    digest = hashlib.sha256()
+    for upload in sorted(uploads, key=lambda u: u.name):
+        digest.update(f"{upload.name}\0{upload.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+def _resolve_license(choice: LicenseChoice, info: AdapterInfo) -> LicenseChoice:
+    """The form's licence, else the README's front matter; it must be in the table."""
+    readme = info.readme
+    license_id = choice.license or (readme.license if readme else None)
+    if not license_id:
+        raise InvalidRequest("A licence is required: send 'license' (see GET /api/v1/licenses)"
+                             " or put 'license:' in the README's front matter.",
+                             code="unknown_license")
+    license_id = get_license(license_id).id
+    name, link = choice.license_name, choice.license_link
+    if license_id == "other" and readme is not None:
+        # The README's names describe its own licence only when that is 'other' too.
+        name = name or readme.license_name
+        link = link or readme.license_link
+    _, name, link = validate_license_fields(license_id, name, link)
+    return LicenseChoice(license_id, name, link)
+
+
+def publish_version(session: Session, store: BlobStore, principal: Principal | None,
+                    owner: str, name: str, label: str, uploads: list[Upload],
+                    choice: LicenseChoice, metadata: Metadata) -> PublishResult:
+    """Publish `uploads` as `owner/name@label`; idempotent for identical files."""
+    check_user_name(owner)
+    check_adapter_name(name)
+    check_version_label(label)
+    require_owner(principal, owner)
+    names = [upload.name for upload in uploads]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InvalidRequest(f"File(s) sent twice: {', '.join(duplicates)}.",
+                             code="unexpected_file")
+    info = validate_upload({upload.name: upload.path for upload in uploads})
+    license_choice = _resolve_license(choice, info)
+    print_ = fingerprint(uploads)
+
+    owner_row = session.scalar(select(User).where(User.name == owner))
+    if owner_row is None:
+        raise NotFound(f"No user named {owner!r}.")
+    existing = _existing(session, owner_row.id, name, label)
+    if existing is not None:
+        return _same_or_conflict(existing, print_, owner, name, label)
+
+    # Blobs first: a row must never name bytes that are not stored yet.
+    for upload in uploads:
+        store.put_file(blob_key(upload.sha256), upload.path, size=upload.size,
+                       sha256=upload.sha256)
+    for attempt in range(2):
+        try:
+            adapter, version = _insert(session, principal, owner_row, name, label, uploads,
+                                       info, license_choice, metadata, print_)
+            break
+        except IntegrityError:
+            # Someone created the same adapter or version at the same moment: start over
+            # from what they committed (the session holds nothing else of ours).
+            session.rollback()
+            owner_row = session.scalar(select(User).where(User.name == owner))
+            existing = _existing(session, owner_row.id, name, label)
+            if existing is not None:
+                return _same_or_conflict(existing, print_, owner, name, label)
+            if attempt:
+                raise
+    return PublishResult(adapter, version, True)
+
+
+def _existing(session: Session, owner_id: int, name: str, label: str) -> Version | None:
+    return session.scalar(select(Version).join(Adapter)
+                          .where(Adapter.owner_id == owner_id, Adapter.name == name,
+                                 Version.label == label))
+
+
+def _same_or_conflict(existing: Version, print_: str, owner: str, name: str,
+                      label: str) -> PublishResult:
+    if existing.fingerprint == print_:
+        return PublishResult(existing.adapter, existing, False)
+    raise VersionExists(f"{owner}/{name}@{label} already exists with different files;"
+                        " versions are immutable: publish under a new version label.")
+
+
+def _insert(session: Session, principal: Principal, owner_row: User, name: str, label: str,
+            uploads: list[Upload], info: AdapterInfo, license_choice: LicenseChoice,
+            metadata: Metadata, print_: str) -> tuple[Adapter, Version]:
+    now = utcnow()
+    readme = info.readme
+    base_model = (metadata.base_model or info.base_model
+                  or (readme.base_model if readme else None))
+    adapter = session.scalar(select(Adapter).where(Adapter.owner_id == owner_row.id,
+                                                   Adapter.name == name))
+    if adapter is None:
+        adapter = Adapter(owner=owner_row, name=name, visibility=metadata.visibility or "public",
+                          created_at=now, downloads=0, description="")
+        session.add(adapter)
+    elif metadata.visibility is not None:
+        adapter.visibility = metadata.visibility
+    description = metadata.description
+    if description is None and not adapter.description and readme is not None:
+        description = readme.front_matter.get("description") if isinstance(
+            readme.front_matter.get("description"), str) else None
+    if description is not None:
+        adapter.description = description
+    tags = metadata.tags if metadata.tags is not None else (readme.tags if readme else None)
+    if tags:
+        set_tags(adapter, check_tags(list(tags)))
+    task = metadata.task or (readme.task if readme else None) or info.task_type
+    if task:
+        adapter.task = task
+    adapter.base_model = base_model
+    adapter.license = license_choice.license
+    adapter.updated_at = now
+    version = Version(
+        adapter=adapter, label=label, created_at=now, license=license_choice.license,
+        license_name=license_choice.license_name, license_link=license_choice.license_link,
+        base_model=base_model, peft_type=info.peft_type, task_type=info.task_type,
+        r=info.r, lora_alpha=info.lora_alpha, target_modules=list(info.target_modules),
+        num_parameters=info.num_parameters, size_bytes=sum(u.size for u in uploads),
+        mergeable=info.mergeable, fingerprint=print_, yanked=False,
+        created_by_id=principal.user_id,
+        files=[VersionFile(path=u.name, size=u.size, sha256=u.sha256,
+                           blob_key=blob_key(u.sha256)) for u in uploads])
+    session.add(version)
+    session.flush()
+    return adapter, version

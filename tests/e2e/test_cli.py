@@ -1,0 +1,107 @@
+"""The `lorastack` command against a real hub over HTTP: users, tokens, push, pull, search."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from hub.cli import main
+
+
+def server_env(settings) -> dict:
+    env = {"LORASTACK_DATA_DIR": str(settings.data_dir),
+           "LORASTACK_DATABASE_URL": settings.database_url,
+           "LORASTACK_STORAGE_URL": settings.storage_url}
+    if settings.s3_endpoint_url:
+        env["LORASTACK_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    return env
+
+
+def run(args, env, ok=True):
+    result = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def test_users_and_tokens_print_working_tokens(settings, client):
+    env = server_env(settings)
+    created = run(["users", "create", "alice"], env)
+    token = created.output.strip().splitlines()[-1]
+    me = client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+    assert me.get_json() == {"name": "alice", "is_admin": False, "scopes": ["read", "write"]}
+    read = run(["tokens", "create", "alice", "--scope", "read"], env).output.splitlines()[-1]
+    me = client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {read}"}).get_json()
+    assert me["scopes"] == ["read"]
+    duplicate = run(["users", "create", "alice"], env, ok=False)
+    assert duplicate.exit_code != 0 and "already exists" in duplicate.output
+    missing = run(["tokens", "create", "nobody"], env, ok=False)
+    assert missing.exit_code != 0 and "Traceback" not in missing.output
+
+
+def test_tokens_are_stored_hashed(settings, app):
+    from sqlalchemy import select
+
+    from hub.models import Token
+
+    token = run(["users", "create", "alice", "--admin"], server_env(settings)).output.split()[-1]
+    with app.extensions["lorastack"].db.session() as session:
+        stored = session.scalars(select(Token.token_hash)).all()
+    assert token not in stored and len(stored) == 1 and len(stored[0]) == 64
+
+
+def test_push_pull_search_round_trip_loads_in_peft(settings, live_server, make_user, lora_dir,
+                                                   tmp_path):
+    import torch
+    from peft import PeftModel
+
+    from tests.support.adapters import tiny_llama
+
+    token = make_user("alice")
+    env = {"LORASTACK_ENDPOINT": live_server, "LORASTACK_TOKEN": token}
+    pushed = run(["push", str(lora_dir), "alice/tiny", "--version", "1.0.0", "--license",
+                  "apache-2.0", "--tag", "demo", "--private"], env)
+    assert "published alice/tiny@1.0.0" in pushed.output
+    again = run(["push", str(lora_dir), "alice/tiny", "--version", "1.0.0", "--license",
+                 "apache-2.0"], env)
+    assert "already published" in again.output
+
+    out = tmp_path / "pulled"
+    run(["pull", "alice/tiny", str(out)], env)
+    for path in lora_dir.iterdir():
+        assert (out / path.name).read_bytes() == path.read_bytes()
+    base = tiny_llama(0)
+    model = PeftModel.from_pretrained(base, str(out))
+    inputs = torch.tensor([[1, 2, 3, 4]])
+    reference = PeftModel.from_pretrained(tiny_llama(0), str(lora_dir))
+    with torch.no_grad():
+        assert torch.allclose(model(inputs).logits, reference(inputs).logits)
+
+    found = run(["search", "tiny", "--json"], env)
+    assert [item["id"] for item in json.loads(found.output)] == ["alice/tiny"]
+    anonymous = run(["search", "tiny"], {"LORASTACK_ENDPOINT": live_server,
+                                         "LORASTACK_TOKEN": ""})
+    assert "no adapters found" in anonymous.output
+    missing = run(["pull", "alice/tiny@9.9", str(tmp_path / "x")], env, ok=False)
+    assert missing.exit_code == 1 and "no version" in missing.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_push_reports_problems_in_one_line(settings, live_server, make_user, lora_dir,
+                                           tmp_path):
+    token = make_user("alice")
+    env = {"LORASTACK_ENDPOINT": live_server, "LORASTACK_TOKEN": token}
+    bad = run(["push", str(lora_dir), "alice/tiny", "--version", "latest", "--license", "mit"],
+              env, ok=False)
+    assert bad.exit_code == 1 and "(invalid_version)" in bad.output
+    assert "Traceback" not in bad.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "adapter_model.bin").write_bytes(b"\x80\x04.")
+    refused = run(["push", str(empty), "alice/tiny", "--version", "1", "--license", "mit"], env,
+                  ok=False)
+    assert refused.exit_code == 1 and "safetensors" in refused.output
+    down = run(["search"], {"LORASTACK_ENDPOINT": "http://127.0.0.1:9", "LORASTACK_TOKEN": ""},
+               ok=False)
+    assert down.exit_code == 1 and "cannot reach" in down.output

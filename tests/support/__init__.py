@@ -1,0 +1,1 @@
+"""Shared test helpers and pytest fixture plugins (see tests/conftest.py)."""

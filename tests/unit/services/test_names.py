@@ -1,0 +1,48 @@
+"""Names, labels, tags and metadata follow API.md's patterns."""
+from __future__ import annotations
+
+import pytest
+
+from hub.errors import InvalidName, InvalidRequest, InvalidVersion
+from hub.services.names import (check_adapter_name, check_tags, check_user_name,
+                                check_version_label, parse_metadata)
+
+
+@pytest.mark.parametrize("label", ["1", "1.0.0", "v2.1-rc.1", "1.0+local", "A" * 64])
+def test_valid_version_labels(label):
+    assert check_version_label(label) == label
+
+
+@pytest.mark.parametrize("label", ["", "latest", "LATEST", ".1", "-1", "a" * 65, "1 0",
+                                   "1/0", "é"])
+def test_invalid_version_labels(label):
+    with pytest.raises(InvalidVersion):
+        check_version_label(label)
+
+
+@pytest.mark.parametrize("name", ["", "-x", "a..b", "x.git", "a/b", "a" * 97, "a\nb"])
+def test_invalid_adapter_names(name):
+    with pytest.raises(InvalidName):
+        check_adapter_name(name)
+
+
+def test_user_names():
+    assert check_user_name("alice-1") == "alice-1"
+    with pytest.raises(InvalidName):
+        check_user_name("alice.bob")
+
+
+def test_tags_are_deduplicated_and_checked():
+    assert check_tags(["a", "b", "a"]) == ["a", "b"]
+    assert check_tags("one") == ["one"]
+    with pytest.raises(InvalidRequest):
+        check_tags(["bad tag"])
+    with pytest.raises(InvalidRequest):
+        check_tags([str(i) for i in range(40)])
+
+
+def test_metadata_refuses_unknown_fields_and_wrong_types():
+    assert parse_metadata('{"description": "d", "visibility": "private"}').visibility == "private"
+    for raw in ('{"x": 1}', "[1]", "{bad", '{"task": 5}', '{"visibility": "hidden"}'):
+        with pytest.raises(InvalidRequest):
+            parse_metadata(raw)

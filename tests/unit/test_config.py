@@ -1,0 +1,51 @@
+"""Settings come from LORASTACK_* variables, with the embedded defaults."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hub.config import Settings, client_endpoint
+
+
+def test_defaults_are_the_embedded_setup(tmp_path):
+    settings = Settings.from_env({"LORASTACK_DATA_DIR": str(tmp_path)})
+    assert settings.database_url == f"sqlite:///{tmp_path.resolve()}/hub.db"
+    assert settings.storage_url == f"file://{tmp_path.resolve()}/blobs"
+    assert settings.queue == "inline" and settings.port == 8000
+    assert settings.max_upload_bytes == 10 * 1024**3
+
+
+def test_plain_postgresql_urls_use_psycopg3():
+    settings = Settings.from_env({"LORASTACK_DATABASE_URL": "postgresql://hub@db/hub"})
+    assert settings.database_url == "postgresql+psycopg://hub@db/hub"
+
+
+def test_numbers_are_checked():
+    with pytest.raises(SystemExit, match="LORASTACK_MAX_UPLOAD_BYTES"):
+        Settings.from_env({"LORASTACK_MAX_UPLOAD_BYTES": "lots"})
+    assert Settings.from_env({"PORT": "9000"}).port == 9000
+
+
+def test_secret_key_is_generated_once_into_the_data_dir(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    first = settings.resolved_secret_key()
+    assert len(first) == 64 and Settings(data_dir=tmp_path).resolved_secret_key() == first
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_client_endpoint_default_and_override():
+    assert client_endpoint({}) == "http://127.0.0.1:8000"
+    assert client_endpoint({"LORASTACK_ENDPOINT": "http://hub:9000/"}) == "http://hub:9000"
+
+
+def test_importing_hub_builds_nothing():
+    import subprocess
+    import sys
+
+    code = ("import sys, hub, hub.cli; "
+            "heavy = [m for m in ('torch', 'flask', 'sqlalchemy', 'boto3', 'peft') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], check=True).stdout
+    assert out.strip() == "[]"
