@@ -217,3 +217,17 @@ def test_health_names_the_failing_store(settings, make_user):
     assert body["storage"] == "unavailable" and body["database"] == "ok"
     assert body["code"] == "storage_unavailable"
     app.extensions["lorastack"].db.dispose()
+
+
+def test_a_database_that_is_down_gives_503_not_500(settings):
+    from hub import create_app
+    from tests.support.moto_server import free_port
+
+    down = settings.with_overrides(
+        database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none")
+    app = create_app(down)
+    client = app.test_client()
+    health = client.get("/api/v1/health")
+    assert health.status_code == 503 and health.get_json()["database"] == "unavailable"
+    assert_problem(client.get("/api/v1/adapters"), 503, "database_unavailable")
+    app.extensions["lorastack"].db.dispose()

@@ -105,3 +105,40 @@ def test_push_reports_problems_in_one_line(settings, live_server, make_user, lor
     down = run(["search"], {"LORASTACK_ENDPOINT": "http://127.0.0.1:9", "LORASTACK_TOKEN": ""},
                ok=False)
     assert down.exit_code == 1 and "cannot reach" in down.output
+
+
+def test_db_upgrade_builds_the_schema_on_a_fresh_database(tmp_path):
+    from sqlalchemy import create_engine, inspect
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    out = run(["db", "upgrade"], {"LORASTACK_DATABASE_URL": url,
+                                   "LORASTACK_DATA_DIR": str(tmp_path)})
+    assert "head" in out.output
+    tables = set(inspect(create_engine(url)).get_table_names())
+    assert {"users", "tokens", "adapters", "versions", "version_files",
+            "alembic_version"} <= tables
+
+
+def test_gc_removes_only_old_orphan_blobs(settings, app, client, make_user, lora_dir,
+                                          tmp_path):
+    import hashlib
+
+    from hub.storage import blob_key
+    from tests.e2e.helpers import publish
+
+    token = make_user("alice")
+    assert publish(client, token, "alice/tiny", "1", lora_dir).status_code == 201
+    store = app.extensions["lorastack"].store
+    orphan = tmp_path / "orphan.bin"
+    orphan.write_bytes(b"nobody names me")
+    digest = hashlib.sha256(orphan.read_bytes()).hexdigest()
+    store.put_file(blob_key(digest), orphan, size=orphan.stat().st_size, sha256=digest)
+    env = server_env(settings)
+    young = run(["gc"], env)
+    assert "0 orphan blob(s) removed" in young.output and store.exists(blob_key(digest))
+    dry = run(["gc", "--grace-hours", "0", "--dry-run"], env)
+    assert f"would remove {blob_key(digest)}" in dry.output and store.exists(blob_key(digest))
+    run(["gc", "--grace-hours", "0"], env)
+    assert not store.exists(blob_key(digest))
+    for path in lora_dir.iterdir():
+        assert store.exists(blob_key(hashlib.sha256(path.read_bytes()).hexdigest()))
