@@ -9,7 +9,8 @@ from hub.formats.names import (
     ALLOWED_FILES, CONFIG_FILE, README_FILE, WEIGHTS_FILE, check_file_name, reject_pickle,
 )
 from hub.formats.peft_config import (
-    check_lora_tensors, get_pattern_key, module_rank, parse_adapter_config,
+    LoraLayout, check_lora_tensors, get_pattern_key, module_alpha, module_key, module_rank,
+    module_scaling, parse_adapter_config,
 )
 from hub.formats.readme import ReadmeInfo, parse_front_matter, parse_readme
 from hub.formats.safetensors_file import (
@@ -22,7 +23,8 @@ __all__ = [
     "ALLOWED_FILES", "CONFIG_FILE", "DTYPE_SIZES", "README_FILE", "WEIGHTS_FILE",
     "AdapterInfo", "ReadmeInfo", "SafetensorsHeader", "TensorEntry",
     "check_file_name", "check_finite", "check_lora_tensors", "describe_adapter",
-    "first_nonfinite", "get_pattern_key", "module_rank", "parse_adapter_config",
+    "LoraLayout", "first_nonfinite", "get_pattern_key", "module_alpha", "module_key",
+    "module_rank", "module_scaling", "parse_adapter_config",
     "parse_front_matter", "parse_readme", "parse_safetensors_header",
     "read_safetensors_header", "reject_pickle", "validate_upload",
 ]

@@ -6,6 +6,7 @@ import unicodedata
 import zipfile
 
 from hub.errors import UnexpectedFile, UnsupportedFormat
+from hub.formats.safetensors_file import quote
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -28,14 +29,14 @@ def check_file_name(name: str) -> None:
     if not isinstance(name, str) or not name:
         raise UnexpectedFile("empty file name")
     if any(unicodedata.category(c)[0] == "C" or c in "\u2028\u2029" for c in name):
-        raise UnexpectedFile(f"file name {name!r} contains control characters")
+        raise UnexpectedFile(f"file name {quote(name)} contains control characters")
     if "/" in name or "\\" in name or ".." in name or name.startswith("."):
-        raise UnexpectedFile(f"file name {name!r} must be a plain name, not a path")
+        raise UnexpectedFile(f"file name {quote(name)} must be a plain name, not a path")
     if name.lower().endswith(PICKLE_SUFFIXES):
         raise UnsupportedFormat(f"{name}: pickle files are not accepted. {CONVERT_HINT}")
     if name not in ALLOWED_FILES:
         raise UnexpectedFile(
-            f"unexpected file {name!r}; allowed: {', '.join(sorted(ALLOWED_FILES))}")
+            f"unexpected file {quote(name)}; allowed: {', '.join(sorted(ALLOWED_FILES))}")
 
 
 def _looks_like_pickle(head: bytes) -> bool:

@@ -15,7 +15,7 @@ from hub.formats.safetensors_file import (
 MAX_RANK = 65536
 MAX_PATTERN_LEN = 512
 MAX_PATTERN_KEYS = 4096  # one entry per module of a 70B model is ~600
-MAX_MODULE_NAME_LEN = 1024
+MAX_TENSOR_NAME_LEN = 1024  # also bounds the work user rank_pattern regexes do
 PEFT_PREFIX = "base_model.model."
 EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out")
 
@@ -125,6 +125,19 @@ def module_rank(config: dict, module: str) -> int:
     return pattern.get(get_pattern_key(pattern.keys(), module), config["r"])
 
 
+def module_alpha(config: dict, module: str) -> float:
+    """The lora_alpha PEFT gives `module`: the matching alpha_pattern entry or lora_alpha."""
+    pattern = config.get("alpha_pattern") or {}
+    return float(pattern.get(get_pattern_key(pattern.keys(), module), config["lora_alpha"]))
+
+
+def module_scaling(config: dict, module: str) -> float:
+    """PEFT's scaling of B @ A for `module`: alpha / r, or alpha / sqrt(r) with use_rslora."""
+    r = module_rank(config, module)
+    alpha = module_alpha(config, module)
+    return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+
+
 def module_key(tensor_module: str) -> str:
     """The module's name inside the base model, as PEFT matches patterns against it."""
     return tensor_module[len(PEFT_PREFIX):] if tensor_module.startswith(PEFT_PREFIX) else tensor_module
@@ -164,6 +177,8 @@ def check_lora_tensors(config: dict, header: SafetensorsHeader) -> LoraLayout:
     """Check a LoRA adapter's tensor names and shapes against each other and the config."""
     layout = LoraLayout()
     for name, entry in header.tensors.items():
+        if len(name) > MAX_TENSOR_NAME_LEN:
+            raise TensorMismatch(f"tensor name {quote(name)} is longer than {MAX_TENSOR_NAME_LEN}")
         m = _LORA_KEY.match(name)
         if m is None:
             if _is_saved_module(name, config):
@@ -174,8 +189,6 @@ def check_lora_tensors(config: dict, header: SafetensorsHeader) -> LoraLayout:
                 "(<module>.lora_A.weight / lora_B.weight / lora_embedding_A / ...) "
                 "and not a module listed in `modules_to_save`")
         module = m.group("module")
-        if len(module) > MAX_MODULE_NAME_LEN:
-            raise TensorMismatch(f"tensor name {quote(name)} is longer than {MAX_MODULE_NAME_LEN}")
         param = m.group("param").replace("lora_magnitude_vector.weight", "lora_magnitude_vector")
         layout.modules.setdefault(module, {})[param] = entry
     if not layout.modules:

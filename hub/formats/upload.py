@@ -57,7 +57,10 @@ def describe_adapter(config: dict, header: SafetensorsHeader) -> AdapterInfo:
     base_model = config.get("base_model_name_or_path") or None
     task_type = config.get("task_type")
     if peft_type != "LORA":
-        return AdapterInfo(peft_type, None, None, _config_targets(config), num_parameters,
+        # Shown for information only (LoHa, LoKr, AdaLoRA also have an `r`).
+        r = config.get("r")
+        r = r if isinstance(r, int) and not isinstance(r, bool) and r > 0 else None
+        return AdapterInfo(peft_type, r, None, _config_targets(config), num_parameters,
                            base_model, False, config, task_type)
     layout = check_lora_tensors(config, header)
     # The merge engine combines plain LoRA deltas; DoRA magnitudes, LoRA biases and

@@ -87,7 +87,9 @@ def publish_version(session: Session, store: BlobStore, principal: Principal | N
     if duplicates:
         raise InvalidRequest(f"File(s) sent twice: {', '.join(duplicates)}.",
                              code="unexpected_file")
-    info = validate_upload({upload.name: upload.path for upload in uploads})
+    # Real adapter headers are well under 1 MB; a cap keeps a crafted one from costing GBs.
+    info = validate_upload({upload.name: upload.path for upload in uploads},
+                           max_header_bytes=16 * 1024 * 1024)
     license_choice = _resolve_license(choice, info)
     print_ = fingerprint(uploads)
 

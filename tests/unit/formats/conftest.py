@@ -1,100 +1,21 @@
-"""Real PEFT adapters saved from tiny models, and helpers to corrupt copies of them."""
+"""Session fixtures: real PEFT adapters saved from tiny models, and per-test copies."""
 from __future__ import annotations
 
-import json
 import shutil
-import struct
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import pytest
-
-TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=4, vocab_size=128)
-
-
-def _llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-    return LlamaForCausalLM(LlamaConfig(**TINY_LLAMA))
-
-
-def _gpt2():
-    from transformers import GPT2Config, GPT2LMHeadModel
-    return GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=128,
-                                      n_positions=64, bos_token_id=0, eos_token_id=0))
-
-
-def _conv():
-    import torch.nn as nn
-
-    class TinyConv(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 8, 3)
-            self.head = nn.Linear(8, 4)
-
-        def forward(self, x):  # pragma: no cover - never run, only adapted
-            return self.head(self.conv(x).mean((2, 3)))
-
-    return TinyConv()
-
-
-def _save(root: Path, name: str, make_model: Callable, peft_config,
-          base_model: str | None = None) -> Path:
-    import torch
-    from peft import get_peft_model
-
-    torch.manual_seed(0)
-    warnings.simplefilter("ignore")  # PEFT/transformers chatter about tiny offline models
-    base = make_model()
-    if base_model:  # PEFT records the base model's name_or_path in the config
-        base.name_or_path = base_model
-    model = get_peft_model(base, peft_config)
-    # PEFT initialises lora_B to zero; give B values so merges and checks see real data.
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if "lora_B" in pname or "lora_embedding_B" in pname:
-                p.normal_(0, 0.02)
-    out = root / name
-    model.save_pretrained(out)
-    return out
+from formats_support import build_adapters
 
 
 @pytest.fixture(scope="session")
 def adapters(tmp_path_factory) -> dict[str, Path]:
     """Folders written by PeftModel.save_pretrained, keyed by kind; treat as read-only."""
-    from peft import IA3Config, LoraConfig
-
     root = tmp_path_factory.mktemp("adapters")
     with warnings.catch_warnings():
-        return _build_all(root)
-
-
-def _build_all(root: Path) -> dict[str, Path]:
-    from peft import IA3Config, LoraConfig
-
-    return {
-        "lora": _save(root, "lora", _llama, LoraConfig(
-            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]), base_model="tiny/llama"),
-        "rank_pattern": _save(root, "rank_pattern", _llama, LoraConfig(
-            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-            rank_pattern={"model.layers.0.self_attn.q_proj": 2, "down_proj": 6},
-            alpha_pattern={"down_proj": 12})),
-        "dora": _save(root, "dora", _llama, LoraConfig(
-            r=4, lora_alpha=8, target_modules=["q_proj"], use_dora=True)),
-        "ia3": _save(root, "ia3", _llama, IA3Config(
-            target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"])),
-        "gpt2": _save(root, "gpt2", _gpt2, LoraConfig(
-            r=8, lora_alpha=16, target_modules=["c_attn"], fan_in_fan_out=True)),
-        "embedding": _save(root, "embedding", _llama, LoraConfig(
-            r=4, lora_alpha=4, target_modules=["embed_tokens", "q_proj"])),
-        "modules_to_save": _save(root, "modules_to_save", _llama, LoraConfig(
-            r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["lm_head"])),
-        "lora_bias": _save(root, "lora_bias", _llama, LoraConfig(
-            r=4, lora_alpha=8, target_modules=["q_proj"], lora_bias=True)),
-        "conv": _save(root, "conv", _conv, LoraConfig(r=2, lora_alpha=2, target_modules=["conv"])),
-    }
+        return build_adapters(root)
 
 
 @pytest.fixture
@@ -105,22 +26,3 @@ def copy_adapter(adapters, tmp_path) -> Callable[[str], Path]:
         shutil.copytree(adapters[kind], dst)
         return dst
     return copy
-
-
-def files_of(folder: Path) -> dict[str, Path]:
-    """The upload mapping (file name -> path) for a folder."""
-    return {p.name: p for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-def read_raw(path: Path) -> tuple[dict, bytes]:
-    """The header JSON and the data section of a safetensors file, unvalidated."""
-    blob = path.read_bytes()
-    (n,) = struct.unpack("<Q", blob[:8])
-    return json.loads(blob[8:8 + n]), blob[8 + n:]
-
-
-def write_raw(path: Path, header: dict | bytes, data: bytes, *, length: int | None = None) -> None:
-    """Write a safetensors file byte by byte: length prefix, header, data."""
-    head = header if isinstance(header, bytes) else json.dumps(header).encode()
-    n = len(head) if length is None else length
-    path.write_bytes(struct.pack("<Q", n) + head + data)

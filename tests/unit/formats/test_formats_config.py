@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import read_raw, write_raw
+from formats_support import read_raw, write_raw
 
 from hub.errors import InvalidAdapterConfig, TensorMismatch
 from hub.formats import (
-    check_lora_tensors, get_pattern_key, module_rank, parse_adapter_config,
-    read_safetensors_header,
+    check_lora_tensors, get_pattern_key, module_key, module_rank, module_scaling,
+    parse_adapter_config, read_safetensors_header,
 )
 
 WEIGHTS = "adapter_model.safetensors"
@@ -210,3 +210,28 @@ def test_conv_embedding_and_gpt2_adapters_pass(adapters):
         layout = check_lora_tensors(_config(adapters, kind),
                                     read_safetensors_header(adapters[kind] / WEIGHTS))
         assert layout.target_names() == targets
+
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_module_scaling_matches_the_loaded_peft_model(adapters, copy_adapter, rslora):
+    import warnings
+
+    from formats_support import llama
+    from peft import PeftModel
+
+    folder = copy_adapter("rank_pattern")
+    config = _config(adapters, "rank_pattern")
+    config["use_rslora"] = rslora
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = PeftModel.from_pretrained(llama(), folder)
+    seen = 0
+    for name, layer in model.named_modules():
+        if isinstance(getattr(layer, "scaling", None), dict) and "default" in layer.scaling:
+            key = module_key(name)
+            assert module_scaling(config, key) == pytest.approx(layer.scaling["default"]), name
+            assert module_rank(config, key) == layer.r["default"]
+            seen += 1
+    assert seen == 6

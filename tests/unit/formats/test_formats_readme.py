@@ -40,6 +40,15 @@ def test_other_licence_name_and_link_and_single_tag_string():
     assert info.tags == ["solo"]
 
 
+def test_front_matter_with_windows_line_endings_is_read():
+    info = parse_readme(b"---\r\nlicense: mit\r\ntags: [x]\r\n---\r\n# body\r\n")
+    assert info.license == "mit" and info.tags == ["x"]
+
+
+def test_empty_front_matter_gives_no_defaults():
+    assert parse_readme(b"---\n---\n# body\n").front_matter == {}
+
+
 def test_readme_without_front_matter_has_no_defaults():
     info = parse_readme("# Title\n\n---\nlicense: mit\n---\n".encode())
     assert info.front_matter == {} and info.license is None and info.tags == []

@@ -4,17 +4,21 @@ from __future__ import annotations
 import json
 import math
 import struct
+import subprocess
+import sys
 import tracemalloc
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_raw, write_raw
+from formats_support import read_raw, write_raw
 from safetensors.torch import load_file, save_file
 
 from hub.errors import InvalidSafetensors, NonFiniteWeights
 from hub.formats import check_finite, first_nonfinite, read_safetensors_header
 
 WEIGHTS = "adapter_model.safetensors"
+ROOT = Path(__file__).resolve().parents[3]
 A0 = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 
 
@@ -242,7 +246,7 @@ def test_bit_level_check_agrees_with_torch_on_random_bit_patterns(dtype, name, w
 @pytest.mark.parametrize("name, dtype", [
     ("F16", torch.float16), ("BF16", torch.bfloat16), ("F8_E4M3", torch.float8_e4m3fn),
     ("F8_E5M2", torch.float8_e5m2), ("F8_E4M3FNUZ", torch.float8_e4m3fnuz),
-    ("F8_E5M2FNUZ", torch.float8_e5m2fnuz)])
+    ("F8_E5M2FNUZ", torch.float8_e5m2fnuz), ("F8_E8M0", torch.float8_e8m0fnu)])
 def test_bit_level_check_agrees_with_torch_on_every_value_of_small_floats(name, dtype):
     size = torch.empty((), dtype=dtype).element_size()
     every = torch.arange(256 ** size, dtype=torch.int64)
@@ -274,3 +278,8 @@ def test_large_file_is_checked_with_flat_python_memory(tmp_path):
         tracemalloc.stop()
     assert path.stat().st_size > 64_000_000
     assert peak < 24_000_000, f"peak Python allocation {peak} bytes for a 64 MB file"
+
+
+def test_importing_the_formats_package_does_not_load_torch():
+    code = "import sys, hub.formats; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0

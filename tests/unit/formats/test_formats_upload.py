@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import files_of
+from formats_support import files_of
 from safetensors.torch import load_file, save_file
 
 from hub.errors import (
