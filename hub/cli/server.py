@@ -16,6 +16,22 @@ def _fail(error: HubError) -> click.ClickException:
     return click.ClickException(f"{error.detail} ({error.code})")
 
 
+def _in_session(action):
+    """Run `action(session)` in one unit of work on a migrated database; errors in one line."""
+    from hub.db import Database, upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    try:
+        with db.session() as session:
+            return action(session)
+    except HubError as error:
+        raise _fail(error) from None
+    finally:
+        db.dispose()
+
+
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=int, default=None, help="Port (default: PORT or 8000).")
@@ -85,18 +101,13 @@ def users_group() -> None:
 @click.option("--admin", is_flag=True, help="Make the user an administrator.")
 def users_create(name: str, admin: bool) -> None:
     """Create a user; prints a write token on the last line."""
-    from hub.db import Database, upgrade
     from hub.services.accounts import create_token, create_user
 
-    settings = _settings()
-    upgrade(settings.database_url)
-    db = Database(settings.database_url)
-    try:
-        with db.session() as session:
-            create_user(session, name, is_admin=admin)
-            token = create_token(session, name, scope="write")
-    except HubError as error:
-        raise _fail(error) from None
+    def _create(session):
+        create_user(session, name, is_admin=admin)
+        return create_token(session, name, scope="write")
+
+    token = _in_session(_create)
     click.echo(f"created user {name}{' (admin)' if admin else ''}; write token (shown once):")
     click.echo(token)
 
@@ -112,17 +123,9 @@ def tokens_group() -> None:
               show_default=True)
 def tokens_create(user: str, scope: str) -> None:
     """Create a token for USER; prints it once."""
-    from hub.db import Database, upgrade
     from hub.services.accounts import create_token
 
-    settings = _settings()
-    upgrade(settings.database_url)
-    db = Database(settings.database_url)
-    try:
-        with db.session() as session:
-            token = create_token(session, user, scope=scope)
-    except HubError as error:
-        raise _fail(error) from None
+    token = _in_session(lambda session: create_token(session, user, scope=scope))
     click.echo(f"{scope} token for {user} (shown once):")
     click.echo(token)
 
@@ -133,18 +136,13 @@ def tokens_create(user: str, scope: str) -> None:
 @click.option("--dry-run", is_flag=True, help="List what would be removed.")
 def gc(grace_hours: float, dry_run: bool) -> None:
     """Remove blobs that no file row names, after a grace period."""
-    from hub.db import Database
     from hub.services.maintenance import collect_garbage
     from hub.storage import open_store
 
     settings = _settings()
-    db = Database(settings.database_url)
     store = open_store(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url)
-    try:
-        with db.session() as session:
-            removed = collect_garbage(session, store, grace_hours=grace_hours, dry_run=dry_run)
-    except HubError as error:
-        raise _fail(error) from None
+    removed = _in_session(lambda session: collect_garbage(
+        session, store, grace_hours=grace_hours, dry_run=dry_run))
     for key in removed:
         click.echo(("would remove " if dry_run else "removed ") + key)
     click.echo(f"{len(removed)} orphan blob(s) {'found' if dry_run else 'removed'}")
