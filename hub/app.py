@@ -32,6 +32,7 @@ def current_hub() -> Hub:
 def build_app(settings: Settings | None = None) -> Flask:
     """Create the app: settings from the environment unless given; nothing global."""
     from hub.api import api_v1, register_error_handlers
+    from hub.api.metrics import install_metrics
     from hub.api.uploads import HubRequest
 
     settings = settings or Settings.from_env()
@@ -49,6 +50,7 @@ def build_app(settings: Settings | None = None) -> Flask:
     (settings.data_dir / "tmp").mkdir(parents=True, exist_ok=True)
     app.register_blueprint(api_v1)
     register_error_handlers(app)
+    install_metrics(app)
 
     @app.before_request
     def _start_timer() -> None:

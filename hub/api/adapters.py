@@ -1,7 +1,7 @@
 """Adapter endpoints: thin, parse -> service -> JSON."""
 from __future__ import annotations
 
-from flask import jsonify, redirect, request, send_file
+from flask import current_app, jsonify, redirect, request, send_file
 
 from hub.api import api_v1
 from hub.api.auth import current_principal
@@ -75,6 +75,10 @@ def publish(owner: str, name: str):
         result = publish_version(session, hub.store, principal, owner, name,
                                  form["version"], uploads, choice, metadata)
         body = version_view(result.version, result.adapter)
+    if result.created:
+        metrics = current_app.extensions["lorastack_metrics"]
+        metrics.uploads.inc()
+        metrics.upload_bytes.inc(body["size_bytes"])
     return jsonify(body), (201 if result.created else 200)
 
 
@@ -105,6 +109,7 @@ def download(owner: str, name: str, version: str, path: str):
                                               version, path)
         if path == COUNTED_FILE and request.method == "GET" and _first_byte_requested():
             catalog.record_download(session, adapter.id)
+            current_app.extensions["lorastack_metrics"].downloads.inc()
     url = hub.store.presigned_url(file.blob_key, filename=file.path,
                                   expires_in=hub.settings.presign_ttl)
     if url is not None:

@@ -231,3 +231,17 @@ def test_a_database_that_is_down_gives_503_not_500(settings):
     assert health.status_code == 503 and health.get_json()["database"] == "unavailable"
     assert_problem(client.get("/api/v1/adapters"), 503, "database_unavailable")
     app.extensions["lorastack"].db.dispose()
+
+
+def test_metrics_count_requests_uploads_and_downloads(client, make_user, lora_dir):
+    token = make_user("alice")
+    publish(client, token, "alice/tiny", "1", lora_dir)
+    client.get(f"/api/v1/adapters/alice/tiny/versions/1/files/{MODEL}")
+    client.get("/api/v1/adapters/nobody/nothing")
+    text = client.get("/metrics").get_data(as_text=True)
+    size = sum(p.stat().st_size for p in lora_dir.iterdir())
+    assert "lorastack_uploads_total 1.0" in text
+    assert f"lorastack_upload_bytes_total {float(size)}" in text
+    assert "lorastack_downloads_total 1.0" in text
+    assert ('lorastack_http_requests_total{endpoint="api_v1.get_adapter",method="GET",'
+            'status="404"} 1.0') in text
