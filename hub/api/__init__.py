@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Flask, jsonify
+from flask import Blueprint, Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from hub.errors import FileTooLarge, HubError, InvalidRequest, NotFound
@@ -33,6 +33,13 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_error):
         limit = app.config.get("MAX_CONTENT_LENGTH")
+        length = request.content_length
+        if limit is None or (length is not None and length <= limit):
+            # Not the upload: werkzeug's MAX_FORM_MEMORY_SIZE / MAX_FORM_PARTS tripped.
+            return problem(InvalidRequest(
+                f"A form field is larger than {app.config.get('MAX_FORM_MEMORY_SIZE')} bytes,"
+                " or the form has too many parts; 'metadata' must be a small JSON object.",
+                status=413))
         return problem(FileTooLarge(f"The upload is larger than this hub accepts ({limit} bytes;"
                                     " LORASTACK_MAX_UPLOAD_BYTES)."))
 
@@ -45,7 +52,11 @@ def register_error_handlers(app: Flask) -> None:
                                  ("method_not_allowed" if error.code == 405 else
                                   "invalid_request"))
         wrapped.title = error.name
-        return problem(wrapped)
+        response = problem(wrapped)
+        for key, value in error.get_headers():
+            if key.lower() != "content-type":  # Allow (405), Content-Range (416)
+                response.headers[key] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):

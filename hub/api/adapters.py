@@ -50,7 +50,18 @@ def publish(owner: str, name: str):
     hub = current_hub()
     principal = current_principal()
     catalog.require_owner(principal, owner)
+    if request.mimetype != "multipart/form-data":
+        raise InvalidRequest("Send a version as multipart/form-data: the fields version,"
+                             " license, metadata and each file as a part named 'files'.",
+                             status=415)
     form, files = request.form, request.files
+    if "files" in form:  # werkzeug files a part without a filename under form
+        raise UnexpectedFile("Each 'files' part needs a filename (Content-Disposition:"
+                             ' form-data; name="files"; filename="adapter_config.json").')
+    repeated = sorted(field for field in form if len(form.getlist(field)) > 1)
+    if repeated:
+        raise InvalidRequest(f"Form field(s) sent more than once: {', '.join(repeated)};"
+                             " send each once.")
     unknown = sorted(set(form) - FORM_FIELDS)
     if unknown:
         raise InvalidRequest(f"Unknown form field(s): {', '.join(unknown)}; send"
@@ -107,20 +118,23 @@ def download(owner: str, name: str, version: str, path: str):
     with hub.db.session() as session:
         adapter, row, file = catalog.get_file(session, current_principal(), owner, name,
                                               version, path)
-        if path == COUNTED_FILE and request.method == "GET" and _first_byte_requested():
-            catalog.record_download(session, adapter.id)
-            current_app.extensions["lorastack_metrics"].downloads.inc()
     url = hub.store.presigned_url(file.blob_key, filename=file.path,
                                   expires_in=hub.settings.presign_ttl)
     if url is not None:
         response = redirect(url, code=302)
         response.headers["ETag"] = f'"{file.sha256}"'
-        return response
-    local = hub.store.local_path(file.blob_key)
-    response = send_file(local, mimetype=_mimetype(file.path), download_name=file.path,
-                         conditional=True, etag=file.sha256, max_age=3600)
-    response.headers["Cache-Control"] = "public, max-age=31536000, immutable" \
-        if version != "latest" else "no-cache"
+    else:
+        local = hub.store.local_path(file.blob_key)
+        response = send_file(local, mimetype=_mimetype(file.path), download_name=file.path,
+                             conditional=True, etag=file.sha256, max_age=3600)
+        response.headers["Cache-Control"] = "public, max-age=31536000, immutable" \
+            if version != "latest" else "no-cache"
+    # Count bytes that went out: not a HEAD, a 304 revalidation or a 416.
+    if (path == COUNTED_FILE and request.method == "GET" and _first_byte_requested()
+            and response.status_code in (200, 206, 302)):
+        with hub.db.session() as session:
+            catalog.record_download(session, adapter.id)
+        current_app.extensions["lorastack_metrics"].downloads.inc()
     return response
 
 
@@ -141,7 +155,10 @@ def _mimetype(path: str) -> str:
 def _json_body(optional: bool = False) -> dict:
     if optional and not request.get_data():
         return {}
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # json raises it, not ValueError, for deep nesting
+        body = None
     if not isinstance(body, dict):
         raise InvalidRequest("The body must be a JSON object (Content-Type: application/json).")
     return body

@@ -1,6 +1,8 @@
 """adapter_config.json and its agreement with the tensors, in PEFT's own naming."""
 from __future__ import annotations
 
+import json
+
 import functools
 import math
 import re
@@ -46,9 +48,21 @@ def parse_adapter_config(data: bytes, *, max_bytes: int = 1_000_000) -> dict:
     peft_type = config.get("peft_type")
     if not isinstance(peft_type, str) or not peft_type:
         raise InvalidAdapterConfig("adapter_config.json needs `peft_type` (a string, e.g. \"LORA\")")
-    for key in ("base_model_name_or_path", "task_type"):
+    # Limits are the database column widths (PostgreSQL refuses longer values).
+    for key, limit in (("base_model_name_or_path", 256), ("task_type", 64)):
         if config.get(key) is not None and not isinstance(config[key], str):
             raise InvalidAdapterConfig(f"`{key}` must be a string or null")
+        if config.get(key) is not None and len(config[key]) > limit:
+            raise InvalidAdapterConfig(f"`{key}` must be at most {limit} characters")
+    if len(peft_type) > 32:
+        raise InvalidAdapterConfig("`peft_type` must be at most 32 characters")
+    try:
+        json.dumps(config, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidAdapterConfig("adapter_config.json holds an unpaired surrogate escape"
+                                   " (\\udXXX); it is not valid Unicode") from None
+    if peft_type != "LORA" and config.get("r") is not None:
+        _positive_rank(config["r"], "`r`")
     if peft_type == "LORA":
         _check_lora_fields(config)
     return config

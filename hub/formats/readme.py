@@ -120,6 +120,10 @@ def parse_readme(data: bytes, *, max_bytes: int = DEFAULT_MAX_README_BYTES) -> R
     text = text.removeprefix("\ufeff")
     fm = parse_front_matter(text)
     pipeline_tag = _opt_str(fm, "pipeline_tag")
+    for key, limit in (("base_model", 256), ("pipeline_tag", 64), ("task", 64)):
+        if len(_opt_str(fm, key) or "") > limit:  # the database column widths
+            raise InvalidRequest(f"README.md front matter: `{key}` must be at most {limit}"
+                                 " characters")
     return ReadmeInfo(
         text=text, front_matter=fm, license=_opt_str(fm, "license"), tags=_tags(fm),
         base_model=_opt_str(fm, "base_model"), license_name=_opt_str(fm, "license_name"),

@@ -227,8 +227,8 @@ def validate_license_fields(license_id: str, license_name: str | None = None,
         raise InvalidRequest("license_name must be at most 200 characters, without control "
                              "characters")
     parts = urlsplit(link)
-    if (len(link) > 2000 or parts.scheme not in ("http", "https") or not parts.netloc
+    if (len(link) > 1024 or parts.scheme not in ("http", "https") or not parts.netloc
             or _CONTROL.search(link) or " " in link):
         raise InvalidRequest(f"license_link must be an absolute http(s) URL to the licence "
-                             f"text (at most 2000 characters), got {link[:100]!r}")
+                             f"text (at most 1024 characters), got {link[:100]!r}")
     return lic, name, link

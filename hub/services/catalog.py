@@ -11,6 +11,7 @@ from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from hub.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from hub.licenses import get_license
 from hub.models import Adapter, AdapterTag, User, Version, VersionFile, utcnow
 from hub.services.accounts import Principal
 from hub.services.names import check_adapter_name, check_user_name, parse_metadata
@@ -125,7 +126,9 @@ def yank_version(session: Session, principal: Principal | None, owner: str, name
                              code="invalid_version")
     adapter, version = get_version(session, principal, owner, name, label)
     require_owner(principal, owner)
-    if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 1000
+                               or any(0xD800 <= ord(c) <= 0xDFFF or c == "\0"
+                                      for c in reason)):
         raise InvalidRequest("'reason' must be a string of at most 1000 characters.")
     version.yanked = True
     version.yank_reason = reason or None
@@ -166,6 +169,8 @@ def parse_query(args) -> Query:
             raise InvalidRequest(f"Query parameter {key!r} must be at most 256 printable"
                                  " characters.")
         values[key] = value
+    if "license" in values:  # the ids publish accepts: any case, SPDX aliases
+        values["license"] = get_license(values["license"]).id
     if values.get("sort", "downloads") not in SORTS:
         raise InvalidRequest(f"Unknown sort {values['sort']!r}: use one of {', '.join(SORTS)}.")
     if "limit" in args:
@@ -207,8 +212,13 @@ def _decode_cursor(sort: str, cursor: str):
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         cursor_sort, value, last_id = json.loads(raw)
         _, _, decode = _SORT_COLUMNS[sort]
-        if cursor_sort != sort or not isinstance(last_id, int):
+        if cursor_sort != sort or not isinstance(last_id, int) or not 0 <= last_id < 2**31:
             raise ValueError("cursor for another sort")
+        if sort == "downloads" and not (isinstance(value, int) and 0 <= value < 2**63):
+            raise ValueError("downloads out of range")
+        if not isinstance(value, (str, int)) or (
+                isinstance(value, str) and (len(value) > 96 or "\0" in value)):
+            raise ValueError("bad value")
         return decode(value), last_id
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         raise InvalidRequest("'cursor' is not valid for this query; use the next_cursor of"

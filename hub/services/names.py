@@ -20,7 +20,7 @@ MAX_TAGS = 32
 
 def check_user_name(name: str) -> str:
     """Return `name` if it is a valid user (owner) name, else raise InvalidName."""
-    if not isinstance(name, str) or not USER_RE.match(name):
+    if not isinstance(name, str) or not USER_RE.fullmatch(name):
         raise InvalidName(f"Invalid user name {name!r}: use 1-39 letters, digits, '-' or '_',"
                           " starting with a letter or digit.")
     return name
@@ -28,7 +28,7 @@ def check_user_name(name: str) -> str:
 
 def check_adapter_name(name: str) -> str:
     """Return `name` if it is a valid adapter name, else raise InvalidName."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name \
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name \
             or name.endswith(".git"):
         raise InvalidName(f"Invalid adapter name {name!r}: use 1-96 letters, digits, '.', '-'"
                           " or '_', starting with a letter or digit, without '..'.")
@@ -37,7 +37,7 @@ def check_adapter_name(name: str) -> str:
 
 def check_version_label(label: str) -> str:
     """Return `label` if it is a publishable version label, else raise InvalidVersion."""
-    if not isinstance(label, str) or not VERSION_RE.match(label):
+    if not isinstance(label, str) or not VERSION_RE.fullmatch(label):
         raise InvalidVersion(f"Invalid version label {label!r}: it must match"
                              " ^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$ (for example 1.0.0).")
     if label.lower() in RESERVED_VERSIONS:
@@ -85,7 +85,7 @@ def parse_metadata(raw: str | bytes | dict | None) -> Metadata:
     if isinstance(raw, (str, bytes)):
         try:
             raw = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidRequest(f"'metadata' is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise InvalidRequest("'metadata' must be a JSON object.")
@@ -100,8 +100,9 @@ def parse_metadata(raw: str | bytes | dict | None) -> Metadata:
             continue
         if not isinstance(value, str):
             raise InvalidRequest(f"'{key}' must be a string.")
-        limit = MAX_DESCRIPTION if key == "description" else 256
-        if len(value) > limit or any(ord(c) < 32 and c not in "\n\t\r" for c in value):
+        limit = {"description": MAX_DESCRIPTION, "task": 64}.get(key, 256)  # column widths
+        if len(value) > limit or any(ord(c) < 32 and c not in "\n\t\r" or
+                                     0xD800 <= ord(c) <= 0xDFFF for c in value):
             raise InvalidRequest(f"'{key}' must be at most {limit} printable characters.")
         values[key] = value.strip() if key != "description" else value
     if raw.get("tags") is not None:
