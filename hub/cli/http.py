@@ -66,6 +66,7 @@ class MultipartStream(io.RawIOBase):
         self.len = sum(len(p) if isinstance(p, bytes) else os.path.getsize(p)
                        for p in self._pieces)
         self._index = 0
+        self._position = 0
         self._current: io.BufferedReader | io.BytesIO | None = None
 
     def _head(self, name: str, filename: str | None = None) -> bytes:
@@ -85,6 +86,11 @@ class MultipartStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def tell(self) -> int:
+        # requests sizes a body as len - tell(); RawIOBase.tell() raises, and requests then
+        # takes the length as 0 and falls back to chunked encoding.
+        return self._position
+
     def read(self, size: int = -1) -> bytes:
         """Read up to `size` bytes (a whole piece at most)."""
         if size is None or size < 0:
@@ -95,6 +101,7 @@ class MultipartStream(io.RawIOBase):
                 self._current = io.BytesIO(piece) if isinstance(piece, bytes) else open(piece, "rb")
             chunk = self._current.read(size)
             if chunk:
+                self._position += len(chunk)
                 return chunk
             self._current.close()
             self._current = None

@@ -251,12 +251,13 @@ def _scan_tensor(fh: BinaryIO, name: str, entry: TensorEntry, data_offset: int,
     total = entry.end - entry.start
     while done < total:
         want = min(len(buf), total - done)
-        view = memoryview(buf)[:want]
-        got = fh.readinto(view)
+        with memoryview(buf) as whole, whole[:want] as view:
+            got = fh.readinto(view)
         if got != want:
             raise InvalidSafetensors(f"tensor {quote(name)}: file truncated while reading its data")
-        idx = first_nonfinite(view, entry.dtype)
-        view.release()
+        # The bytearray, not a memoryview: strided slices of a memoryview copy element by
+        # element, about 4x slower than the same slice of a bytearray.
+        idx = first_nonfinite(buf if want == len(buf) else buf[:want], entry.dtype)
         if idx is not None:
             element = (done // word + idx) // elem_words
             raise NonFiniteWeights(f"tensor {quote(name)} has a NaN or infinite value "

@@ -103,7 +103,7 @@ def publish_version(session: Session, store: BlobStore, principal: Principal | N
     # Blobs first: a row must never name bytes that are not stored yet.
     for upload in uploads:
         store.put_file(blob_key(upload.sha256), upload.path, size=upload.size,
-                       sha256=upload.sha256)
+                       sha256=upload.sha256, consume=True)
     for attempt in range(2):
         try:
             adapter, version = _insert(session, principal, owner_row, name, label, uploads,

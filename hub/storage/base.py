@@ -42,8 +42,13 @@ class BlobStore(ABC):
     """
 
     @abstractmethod
-    def put_file(self, key: str, path: Path, *, size: int, sha256: str) -> None:
-        """Store the file at `path` under `key`; a no-op when the blob already exists."""
+    def put_file(self, key: str, path: Path, *, size: int, sha256: str,
+                 consume: bool = False) -> None:
+        """Store the file at `path` under `key`; a no-op when the blob already exists.
+
+        `consume=True` says the caller will never write to `path` again (an upload's
+        temporary file), so a store may take the file over instead of copying it.
+        """
 
     @abstractmethod
     def exists(self, key: str) -> bool:

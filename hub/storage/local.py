@@ -30,8 +30,10 @@ class LocalBlobStore(BlobStore):
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def put_file(self, key: str, path: Path, *, size: int, sha256: str) -> None:
-        """Copy `path` under `key` atomically; a no-op when a blob of that size exists."""
+    def put_file(self, key: str, path: Path, *, size: int, sha256: str,
+                 consume: bool = False) -> None:
+        """Copy (or, with `consume`, hard-link) `path` under `key` atomically; a no-op when
+        a blob of that size exists."""
         target = self._path(key)
         check_source(path, size)
         if self.size(key) == size:
@@ -41,8 +43,9 @@ class LocalBlobStore(BlobStore):
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
             os.close(fd)
-            # copyfile uses sendfile on Linux: no bytes pass through Python.
-            shutil.copyfile(path, tmp)
+            if not (consume and _link_over(path, tmp)):
+                # copyfile uses sendfile on Linux: no bytes pass through Python.
+                shutil.copyfile(path, tmp)
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o644)
@@ -142,3 +145,18 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _link_over(source: Path, target: str) -> bool:
+    """Replace `target` by a hard link to `source`; False where linking is impossible.
+
+    An upload's temporary file lives under DATA_DIR, usually on the blob folder's file
+    system: linking saves writing a multi-GB file a second time.
+    """
+    side = f"{target}.link"
+    try:
+        os.link(source, side)
+    except OSError:  # another file system, or links not supported
+        return False
+    os.replace(side, target)
+    return True

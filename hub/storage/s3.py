@@ -129,7 +129,8 @@ class S3BlobStore(BlobStore):
         if not self._bucket_verified:
             self.check()
 
-    def put_file(self, key: str, path: Path, *, size: int, sha256: str) -> None:
+    def put_file(self, key: str, path: Path, *, size: int, sha256: str,
+                 consume: bool = False) -> None:
         """Upload `path` under `key` (multipart, streamed from disk) unless it exists."""
         object_key = self._object_key(key)
         check_source(path, size)

@@ -291,3 +291,35 @@ def test_s3_unreachable_endpoint_is_storage_unavailable(moto_endpoint: str,
     assert closed in info.value.detail
     with pytest.raises(StorageUnavailable):
         store.exists(blob_key("3" * 64))
+
+
+def test_local_store_links_a_consumed_file_instead_of_copying(tmp_path):
+    import hashlib
+
+    from hub.storage import blob_key, open_store
+
+    store = open_store(f"file://{tmp_path / 'blobs'}")
+    source = tmp_path / "upload.tmp"
+    source.write_bytes(b"uploaded bytes")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    store.put_file(blob_key(digest), source, size=source.stat().st_size, sha256=digest,
+                   consume=True)
+    stored = store.local_path(blob_key(digest))
+    assert stored.read_bytes() == b"uploaded bytes"
+    assert stored.stat().st_ino == source.stat().st_ino  # one file, written once
+    source.unlink()  # the upload's temporary file goes away; the blob stays
+    assert stored.read_bytes() == b"uploaded bytes"
+    assert sorted(p.name for p in stored.parent.iterdir()) == [digest]
+
+
+def test_local_store_copies_when_the_caller_keeps_the_file(tmp_path):
+    import hashlib
+
+    from hub.storage import blob_key, open_store
+
+    store = open_store(f"file://{tmp_path / 'blobs'}")
+    source = tmp_path / "mine.bin"
+    source.write_bytes(b"still mine")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    store.put_file(blob_key(digest), source, size=10, sha256=digest)
+    assert store.local_path(blob_key(digest)).stat().st_ino != source.stat().st_ino
