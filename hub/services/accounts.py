@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import timedelta
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -14,6 +15,7 @@ from hub.models import Token, User, utcnow
 from hub.services.names import check_user_name
 
 SCOPES = ("read", "write")
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 TOKEN_PREFIX = "lst_"
 
 
@@ -81,6 +83,10 @@ def authenticate(session: Session, token: str) -> Principal:
         raise Unauthorized("The token is not valid. Create one with"
                            " `lorastack tokens create USER`.")
     token_row, user = row
-    token_row.last_used_at = utcnow()
+    now = utcnow()
+    # Refresh at most once a minute: a write on every request would serialise readers
+    # on SQLite for a timestamp nobody needs to the second.
+    if token_row.last_used_at is None or now - token_row.last_used_at > LAST_USED_RESOLUTION:
+        token_row.last_used_at = now
     scopes = ("read", "write") if token_row.scope == "write" else ("read",)
     return Principal(user_id=user.id, name=user.name, is_admin=user.is_admin, scopes=scopes)
