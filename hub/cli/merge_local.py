@@ -45,7 +45,17 @@ class _Progress:
             click.echo(f"\rmerging... {percent:3d}%", err=True, nl=percent >= 100)
 
 
-@click.command("merge-local")
+class _OneLineCommand(click.Command):
+    """Usage errors (bad option values, missing -o) as one line, like every other refusal."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise click.ClickException(exc.format_message()) from None
+
+
+@click.command("merge-local", cls=_OneLineCommand)
 @click.argument("sources", nargs=-1, required=True, metavar="DIR[:WEIGHT]...")
 @click.option("--method", default="linear", show_default=True,
               help=f"One of {', '.join(METHODS)}; PEFT's {', '.join(ALIASES)} are aliases.")

@@ -12,10 +12,10 @@ from typing import Iterator, Optional
 
 import torch
 
-from hub.errors import IncompatibleAdapters, InvalidMerge
+from hub.errors import IncompatibleAdapters, InvalidMerge, NonFiniteWeights
 from hub.merge import dense, factored, writer
 from hub.merge.sources import LoraSource, ModuleRef, load_source
-from hub.merge.spec import DENSE_METHODS, MergeSpec, ProgressFn, SourceSpec, validate_sources
+from hub.merge.spec import MergeSpec, ProgressFn, SourceSpec, validate_sources
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -67,10 +67,15 @@ def load_sources(specs: list[SourceSpec]) -> list[LoraSource]:
     if len(bases) > 1:
         raise IncompatibleAdapters(f"sources were trained on different base models: "
                                    f"{', '.join(sorted(bases))}")
-    modes = {bool(s.config.get("fan_in_fan_out", False)) for s in sources}
-    if len(modes) > 1:
+    if len(_layouts(sources)) > 1:
         raise IncompatibleAdapters("sources disagree on fan_in_fan_out (Conv1D vs Linear layout)")
     return sources
+
+
+def _layouts(sources: list[LoraSource]) -> set[bool]:
+    # fan_in_fan_out only concerns Linear/Conv1D modules; an embedding-only source has no say.
+    return {bool(s.config.get("fan_in_fan_out", False)) for s in sources
+            if any(ref.kind == "linear" for ref in s.modules.values())}
 
 
 def plan_modules(sources: list[LoraSource]) -> list[ModulePlan]:
@@ -93,6 +98,50 @@ def plan_modules(sources: list[LoraSource]) -> list[ModulePlan]:
     return [plans[name] for name in sorted(plans, key=_natural)]
 
 
+#: Factor bytes per batched linear call (GPU only: batching saves launches, on CPU it only costs
+#: memory); small enough to stay near one module's working set.
+BATCH_BYTES = {"cpu": 0, "cuda": 512 << 20}
+
+
+def _linear_coefs(plan: ModulePlan, sources: list[LoraSource]) -> list[float]:
+    return [sources[i].weight * ref.scale for i, ref in plan.parts]
+
+
+def _check_finite(plan: ModulePlan, sources: list[LoraSource], low: factored.LowRank) -> None:
+    # NaN/inf in any factor propagates into the singular values: one cheap check per module.
+    if not bool(torch.isfinite(low.singular_values).all()):
+        bad = ", ".join(str(sources[i].path) for i, _ in plan.parts)
+        raise NonFiniteWeights(f"module {plan.name}: non-finite values in the factors of {bad}")
+
+
+def _linear_batches(plans: list[ModulePlan], device: torch.device) -> list[list[ModulePlan]]:
+    """Modules whose stacked factors share a shape, grouped up to the batch byte budget."""
+    groups: dict[tuple, list[ModulePlan]] = {}
+    for plan in plans:
+        groups.setdefault((plan.lora_shape, plan.rank_in), []).append(plan)
+    budget = BATCH_BYTES.get(device.type, BATCH_BYTES["cpu"])
+    batches = []
+    for (shape, rank_in), members in groups.items():
+        per_module = 4 * (shape[0] + shape[1]) * rank_in * 3  # factors, stacks and Q factors
+        size = max(1, budget // max(per_module, 1))
+        batches.extend(members[i:i + size] for i in range(0, len(members), size))
+    return batches
+
+
+def _merge_linear_batch(batch: list[ModulePlan], sources: list[LoraSource], spec: MergeSpec,
+                        device: torch.device) -> list[factored.LowRank]:
+    items = []
+    for plan in batch:
+        factors = [sources[i].factors(ref, device, check_finite=False) for i, ref in plan.parts]
+        items.append(([b for _, b in factors], [a for a, _ in factors], _linear_coefs(plan, sources)))
+    lows = factored.factored_sum_batched(items, spec.rank)
+    finite = torch.stack([torch.isfinite(low.singular_values).all() for low in lows]).tolist()
+    for plan, low, ok in zip(batch, lows, finite):
+        if not ok:
+            _check_finite(plan, sources, low)
+    return lows
+
+
 def _merge_module(plan: ModulePlan, sources: list[LoraSource], spec: MergeSpec,
                   device: torch.device) -> tuple[factored.LowRank | None, torch.Tensor | None]:
     """(low-rank factors, dense update) of one module; the one not needed is None."""
@@ -100,15 +149,13 @@ def _merge_module(plan: ModulePlan, sources: list[LoraSource], spec: MergeSpec,
     factors = [sources[i].factors(ref, device) for i, ref in plan.parts]
     weights = [sources[i].weight for i, _ in plan.parts]
     if method == "linear":
-        coefs = [w * ref.scale for w, (_, ref) in zip(weights, plan.parts)]
         if spec.output == "delta" and spec.rank is None:
             total = None
-            for c, (a, b) in zip(coefs, factors):
+            for c, (a, b) in zip(_linear_coefs(plan, sources), factors):
                 term = (c * b) @ a
                 total = term if total is None else total.add_(term)
             return None, total
-        low = factored.factored_sum([b for _, b in factors], [a for a, _ in factors], coefs, spec.rank)
-        return low, None
+        return _merge_linear_batch([plan], sources, spec, device)[0], None
 
     def delta(j: int) -> torch.Tensor:
         a, b = factors[j]
@@ -120,22 +167,38 @@ def _merge_module(plan: ModulePlan, sources: list[LoraSource], spec: MergeSpec,
         return None, merged
     # Without --rank a dense method keeps the sources' total rank budget at this module.
     rank = spec.rank if spec.rank is not None else plan.rank_in
-    return dense.truncate(merged, rank), None
+    return dense.truncate(merged, rank, plan.rank_in, seed=spec.seed), None
+
+
+def _entry(plan: ModulePlan, spec: MergeSpec, low: factored.LowRank | None) -> dict:
+    entry = {"module": plan.name, "kind": plan.kind, "shape": list(plan.base_shape),
+             "sources": len(plan.parts), "rank_in": plan.rank_in}
+    if low is not None:
+        entry.update(rank=low.rank, energy_kept=round(low.energy_kept, 8), svd=(
+            "factored" if spec.canonical_method == "linear" else low.svd))
+    else:
+        entry.update(rank=None, energy_kept=1.0, svd=None)
+    return entry
 
 
 def _iter_merge(sources: list[LoraSource], plans: list[ModulePlan], spec: MergeSpec,
                 device: torch.device, progress: ProgressFn | None, share: float
                 ) -> Iterator[tuple[ModulePlan, factored.LowRank | None, torch.Tensor | None, dict]]:
+    """Merged modules in plan order; the factored linear LoRA path runs in shape batches."""
+    if spec.canonical_method == "linear" and spec.output == "lora":
+        done = 0
+        results: dict[str, factored.LowRank] = {}
+        for batch in _linear_batches(plans, device):
+            results.update(zip((p.name for p in batch), _merge_linear_batch(batch, sources, spec, device)))
+            done += len(batch)
+            if progress is not None:
+                progress(share * done / len(plans))
+        for plan in plans:
+            yield plan, results[plan.name], None, _entry(plan, spec, results[plan.name])
+        return
     for done, plan in enumerate(plans, start=1):
         low, full = _merge_module(plan, sources, spec, device)
-        entry = {"module": plan.name, "kind": plan.kind, "shape": list(plan.base_shape),
-                 "sources": len(plan.parts), "rank_in": plan.rank_in}
-        if low is not None:
-            entry.update(rank=low.rank, energy_kept=round(low.energy_kept, 8), svd=(
-                "factored" if spec.canonical_method == "linear" else low.svd))
-        else:
-            entry.update(rank=None, energy_kept=1.0, svd=None)
-        yield plan, low, full, entry
+        yield plan, low, full, _entry(plan, spec, low)
         if progress is not None:
             progress(share * done / len(plans))
 
@@ -173,11 +236,27 @@ def _report(spec: MergeSpec, sources: list[LoraSource], device: torch.device, dt
     }
 
 
+def _close(sources: list[LoraSource]) -> None:
+    for source in sources:
+        source.close()
+
+
 def _prepare(sources: list[SourceSpec], spec: MergeSpec):
     spec.validate()
     device = resolve_device(spec.device)
     loaded = load_sources(sources)
     return loaded, plan_modules(loaded), device, _out_dtype(spec, loaded)
+
+
+def _add_lora(tensors: dict, ranks: dict, plan: ModulePlan, low: factored.LowRank, dtype) -> None:
+    key_a, key_b = writer.lora_keys(plan.name, plan.kind)
+    tensors[key_a] = low.A.to("cpu", dtype).contiguous()
+    tensors[key_b] = low.B.to("cpu", dtype).contiguous()
+    ranks[plan.name] = low.A.shape[0]
+
+
+def _config(ranks: dict, loaded: list[LoraSource]) -> dict:
+    return writer.lora_config(ranks, [s.config for s in loaded], _layouts(loaded) == {True})
 
 
 def merge(sources: list[SourceSpec], spec: MergeSpec, progress: ProgressFn | None = None) -> MergeResult:
@@ -187,21 +266,32 @@ def merge(sources: list[SourceSpec], spec: MergeSpec, progress: ProgressFn | Non
     tensors: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
     entries = []
-    for plan, low, full, entry in _iter_merge(loaded, plans, spec, device, progress, 1.0):
-        entries.append(entry)
-        if spec.output == "delta":
+    try:
+        for plan, low, full, entry in _iter_merge(loaded, plans, spec, device, progress, 1.0):
+            entries.append(entry)
+            if spec.output == "delta":
+                update = full if full is not None else low.dense()
+                tensors[f"{plan.name}.weight"] = _to_base_layout(plan, update).to("cpu", dtype).contiguous()
+            else:
+                _add_lora(tensors, ranks, plan, low, dtype)
+        config = _config(ranks, loaded) if spec.output == "lora" else None
+        return MergeResult(tensors, config, _report(spec, loaded, device, dtype, entries, started), ranks)
+    finally:
+        _close(loaded)
+
+
+def _write_delta(path: Path, loaded, plans, spec, device, dtype, progress, entries: list) -> None:
+    stream = writer.SafetensorsStream(path, [(f"{p.name}.weight", dtype, p.base_shape) for p in plans],
+                                      {"format": "pt"})
+    try:
+        for plan, low, full, entry in _iter_merge(loaded, plans, spec, device, progress, 0.99):
             update = full if full is not None else low.dense()
-            tensors[f"{plan.name}.weight"] = _to_base_layout(plan, update).to("cpu", dtype).contiguous()
-        else:
-            key_a, key_b = writer.lora_keys(plan.name, plan.kind)
-            tensors[key_a] = low.A.to("cpu", dtype).contiguous()
-            tensors[key_b] = low.B.to("cpu", dtype).contiguous()
-            ranks[plan.name] = low.A.shape[0]
-    config = None
-    if spec.output == "lora":
-        config = writer.lora_config(ranks, [s.config for s in loaded],
-                                    bool(loaded[0].config.get("fan_in_fan_out", False)))
-    return MergeResult(tensors, config, _report(spec, loaded, device, dtype, entries, started), ranks)
+            stream.write(f"{plan.name}.weight", _to_base_layout(plan, update))
+            entries.append(entry)
+    except BaseException:
+        stream.abort()
+        raise
+    stream.close()
 
 
 def merge_to_folder(sources: list[SourceSpec], spec: MergeSpec, out_dir: str | Path,
@@ -210,34 +300,23 @@ def merge_to_folder(sources: list[SourceSpec], spec: MergeSpec, out_dir: str | P
     started = time.perf_counter()
     writer.check_target(Path(out_dir))
     loaded, plans, device, dtype = _prepare(sources, spec)
-    with writer.staging(Path(out_dir)) as tmp:
-        entries = []
-        if spec.output == "delta":
-            stream = writer.SafetensorsStream(
-                tmp / writer.DELTA_NAME,
-                [(f"{p.name}.weight", dtype, p.base_shape) for p in plans], {"format": "pt"})
-            try:
-                for plan, low, full, entry in _iter_merge(loaded, plans, spec, device, progress, 0.99):
-                    update = full if full is not None else low.dense()
-                    stream.write(f"{plan.name}.weight", _to_base_layout(plan, update))
+    try:
+        with writer.staging(Path(out_dir)) as tmp:
+            entries: list[dict] = []
+            if spec.output == "delta":
+                _write_delta(tmp / writer.DELTA_NAME, loaded, plans, spec, device, dtype, progress, entries)
+            else:
+                tensors: dict[str, torch.Tensor] = {}
+                ranks: dict[str, int] = {}
+                for plan, low, _full, entry in _iter_merge(loaded, plans, spec, device, progress, 0.95):
+                    _add_lora(tensors, ranks, plan, low, dtype)
                     entries.append(entry)
-            finally:
-                stream.close()
-        else:
-            tensors: dict[str, torch.Tensor] = {}
-            ranks: dict[str, int] = {}
-            for plan, low, _full, entry in _iter_merge(loaded, plans, spec, device, progress, 0.95):
-                key_a, key_b = writer.lora_keys(plan.name, plan.kind)
-                tensors[key_a] = low.A.to("cpu", dtype).contiguous()
-                tensors[key_b] = low.B.to("cpu", dtype).contiguous()
-                ranks[plan.name] = low.A.shape[0]
-                entries.append(entry)
-            writer.write_tensors(tmp / "adapter_model.safetensors", tensors, {"format": "pt"})
-            config = writer.lora_config(ranks, [s.config for s in loaded],
-                                        bool(loaded[0].config.get("fan_in_fan_out", False)))
-            writer.write_json(tmp / "adapter_config.json", config)
-        report = _report(spec, loaded, device, dtype, entries, started)
-        writer.write_json(tmp / writer.REPORT_NAME, report)
+                writer.write_tensors(tmp / "adapter_model.safetensors", tensors, {"format": "pt"})
+                writer.write_json(tmp / "adapter_config.json", _config(ranks, loaded))
+            report = _report(spec, loaded, device, dtype, entries, started)
+            writer.write_json(tmp / writer.REPORT_NAME, report)
+    finally:
+        _close(loaded)
     if progress is not None:
         progress(1.0)
     return report

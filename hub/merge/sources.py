@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,11 +86,26 @@ class LoraSource:
     weight: float
     config: dict
     weights_file: Path
-    sha256: str
+    digest: Future
     license: str | None
     dtypes: set[str]
     modules: dict[str, ModuleRef]
     ignored: list[str] = field(default_factory=list)
+    _handle: object = field(default=None, repr=False)
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of adapter_model.safetensors (hashed in the background while merging)."""
+        try:
+            return self.digest.result()
+        except OSError as exc:
+            raise InvalidSafetensors(f"{self.weights_file}: cannot read ({exc})") from None
+
+    def close(self) -> None:
+        """Release the open safetensors file."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.__exit__(None, None, None)
 
     @property
     def base_model(self) -> str | None:
@@ -97,17 +113,21 @@ class LoraSource:
         value = self.config.get("base_model_name_or_path")
         return value or None
 
-    def factors(self, ref: ModuleRef, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A, B) of a module in float32 on `device`; refuses non-finite values."""
+    def factors(self, ref: ModuleRef, device: torch.device, check_finite: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) of a module in float32 on `device`; refuses non-finite values when asked."""
         try:
-            with safe_open(str(self.weights_file), framework="pt") as handle:
-                a = handle.get_tensor(ref.key_a)
-                b = handle.get_tensor(ref.key_b)
+            if self._handle is None:
+                # One open file per source: re-parsing the header per module costs more than the read.
+                self._handle = safe_open(str(self.weights_file), framework="pt").__enter__()
+            a = self._handle.get_tensor(ref.key_a)
+            b = self._handle.get_tensor(ref.key_b)
         except Exception as exc:  # safetensors raises several types for damaged files
             raise InvalidSafetensors(f"{self.weights_file}: cannot read {ref.name}: {exc}") from None
-        a = a.to(device=device, dtype=torch.float32)
-        b = b.to(device=device, dtype=torch.float32)
-        if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+        # Move in the stored dtype, widen on the device: half the transfer for fp16 sources.
+        a = a.to(device).float()
+        b = b.to(device).float()
+        if check_finite and not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
             raise NonFiniteWeights(f"{self.path}: module {ref.name} has non-finite values")
         return a, b
 
@@ -278,5 +298,16 @@ def load_source(path: Path, weight: float) -> LoraSource:
                                     alpha, scale, fan_in_fan_out and kind == "linear")
     if not modules:
         raise TensorMismatch(f"{folder}: {WEIGHTS_NAME} holds no LoRA factors")
-    return LoraSource(folder, float(weight), config, weights_file, sha256_file(weights_file),
+    return LoraSource(folder, float(weight), config, weights_file, _hasher().submit(sha256_file, weights_file),
                       readme_license(folder), dtypes, modules, ignored)
+
+
+_HASHER: ThreadPoolExecutor | None = None
+
+
+def _hasher() -> ThreadPoolExecutor:
+    # hashlib releases the GIL on large blocks, so hashing overlaps the merge itself.
+    global _HASHER
+    if _HASHER is None:
+        _HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lorastack-sha256")
+    return _HASHER

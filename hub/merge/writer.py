@@ -41,6 +41,8 @@ def pattern_key_for(name: str, names: list[str]) -> str:
     """
     parts = name.split(".")
     for start in range(len(parts) - 1, 0, -1):
+        if parts[start].isdigit():
+            continue  # "layers.0.q_proj" reads better than "0.q_proj"
         suffix = ".".join(parts[start:])
         if not any(_matches(suffix, other) for other in names if other != name):
             return suffix
@@ -140,6 +142,10 @@ class SafetensorsStream:
         self._fh.write(data.view(torch.uint8).numpy().tobytes())
         self._next += 1
 
+    def abort(self) -> None:
+        """Close the file after a failure (the caller discards it)."""
+        self._fh.close()
+
     def close(self) -> None:
         """Close the file; every announced tensor must have been written."""
         self._fh.close()
@@ -155,8 +161,10 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     try:
         for name in names:
             stream.write(name, tensors[name])
-    finally:
-        stream.close()
+    except BaseException:
+        stream.abort()
+        raise
+    stream.close()
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Merge engine on a CUDA machine: the merge tests on the GPU, then the full bench.
+#
+#   bash bench/gpu_check.sh            # from the repo root; results under $OUT (default ./out)
+#
+# No virtualenv is expected there: the machine's own torch is used and never replaced.
+# Missing pure-Python packages are installed with pip (from $WHEELHOUSE when that folder
+# exists, for machines without network), constrained to the installed torch version.
+# Everything is bounded so the script finishes in under 6 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/out}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+LOG="$OUT/gpu_check.log"
+exec > >(tee "$LOG") 2>&1
+start=$(date +%s)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export LORASTACK_TEST_DEVICE=cuda
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if ! "$PY" -c 'import torch' 2>/dev/null; then
+  echo "FATAL: no torch on this machine; install a CUDA build of torch first (not done here)"
+  exit 2
+fi
+"$PY" - <<'EOF'
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print("gpu", torch.cuda.get_device_name(0))
+EOF
+if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  echo "FATAL: torch sees no CUDA device"
+  exit 2
+fi
+
+# Install what is missing, pinning torch to the installed build so pip never swaps it.
+missing=()
+for spec in "safetensors:safetensors>=0.4" "peft:peft>=0.13" "transformers:transformers>=4.45" \
+            "hypothesis:hypothesis>=6.100" "pytest:pytest>=8" "click:click>=8.1" "psutil:psutil>=5.9"; do
+  mod="${spec%%:*}"
+  "$PY" -c "import $mod" 2>/dev/null || missing+=("${spec#*:}")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  constraints="$(mktemp)"
+  "$PY" -c 'import torch; print("torch==" + torch.__version__)' > "$constraints"
+  source_args=(--timeout 20 --retries 1)
+  if [[ -d "${WHEELHOUSE:-bench/wheelhouse}" ]]; then
+    source_args=(--no-index --find-links "${WHEELHOUSE:-bench/wheelhouse}")
+  fi
+  timeout 150 "$PY" -m pip install -q -c "$constraints" "${source_args[@]}" "${missing[@]}" \
+    || echo "WARNING: pip install failed (no network or wheelhouse?); tests needing them will error"
+  rm -f "$constraints"
+fi
+
+echo "== merge tests on cuda ($(( $(date +%s) - start ))s elapsed)"
+# --confcutdir keeps the hub-wide conftest (databases, S3 mocks) out of this run.
+timeout 120 "$PY" -m pytest -q -p no:cacheprovider --confcutdir=tests/unit/merge tests/unit/merge \
+  2>&1 | tail -n 25 | tee "$OUT/merge_tests_cuda_unit.txt"
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider --confcutdir=tests/integration/merge \
+  tests/integration/merge 2>&1 | tail -n 25 | tee "$OUT/merge_tests_cuda_integration.txt"
+
+left=$(( 340 - ($(date +%s) - start) ))
+if (( left < 60 )); then left=60; fi
+echo "== bench (cuda, 32 layers; ${left}s budget)"
+timeout "$left" "$PY" bench/merge.py --device cuda --repeat 2 --dense-configs 3x16,8x64 \
+  --tmp "${BENCH_TMP:-/tmp}" \
+  | tee "$OUT/bench_merge_cuda.txt"
+echo "== done in $(( $(date +%s) - start ))s"

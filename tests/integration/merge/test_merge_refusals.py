@@ -1,0 +1,125 @@
+"""Every refusal: non-zero exit, one clear line, no traceback, nothing left behind."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from merge_fixtures import merge_device
+
+from hub.cli.merge_local import merge_local
+
+DEVICE = merge_device()
+
+
+def _refused(tmp_path, args: list[str], *needles: str) -> str:
+    parent = tmp_path / "outputs"
+    parent.mkdir()
+    out = parent / "merged"
+    result = CliRunner().invoke(merge_local, [*args, "--device", DEVICE, "-o", str(out)])
+    assert result.exit_code != 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: ") and "Traceback" not in result.output
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), lines[0]
+    assert not out.exists() and list(parent.iterdir()) == []
+    return lines[0]
+
+
+SOURCE_REFUSALS = {
+    "dora": ("DoRA",),
+    "lora_bias": ("lora_bias",),
+    "bias_all": ("biases",),
+    "modules_to_save": ("modules_to_save",),
+    "loha": ("LOHA", "only LoRA"),
+    "truncated": ("unreadable or truncated",),
+    "not_safetensors": ("unreadable or truncated",),
+    "bad_json": ("not readable JSON",),
+    "no_config": ("no adapter_config.json",),
+    "pickle_only": ("adapter_model.bin",),
+    "nan": ("non-finite",),
+    "rank_mismatch": ("config says 5",),
+    "missing": ("not found",),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SOURCE_REFUSALS))
+def test_refuses_a_source_that_cannot_be_merged(adapters, bad_adapters, tmp_path, name):
+    _refused(tmp_path, [str(adapters["llama_a"]), str(bad_adapters[name])], *SOURCE_REFUSALS[name])
+
+
+def test_refuses_sources_trained_on_different_base_models(adapters, bad_adapters, tmp_path):
+    _refused(tmp_path, [str(adapters["llama_a"]), str(bad_adapters["other_base"])],
+             "different base models", "some-other-model")
+
+
+def test_refuses_sources_whose_shapes_disagree_for_a_module(adapters, bad_adapters, tmp_path):
+    line = _refused(tmp_path, [str(adapters["llama_b"]), str(bad_adapters["wide"])], "shape")
+    assert "q_proj" in line
+
+
+def test_refuses_mixing_conv1d_and_linear_layouts_when_no_base_model_is_named(adapters, tmp_path):
+    unnamed = tmp_path / "unnamed"
+    shutil.copytree(adapters["gpt2_a"], unnamed)
+    config = json.loads((unnamed / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = None
+    (unnamed / "adapter_config.json").write_text(json.dumps(config))
+    _refused(tmp_path, [str(adapters["llama_a"]), str(unnamed)], "fan_in_fan_out")
+
+
+@pytest.mark.parametrize("density", ["0", "-0.1", "1.5", "nan"])
+def test_refuses_density_outside_zero_one(adapters, tmp_path, density):
+    _refused(tmp_path, [str(adapters["llama_a"]), "--method", "ties", "--density", density], "density")
+
+
+def test_refuses_a_dense_method_without_density(adapters, tmp_path):
+    _refused(tmp_path, [str(adapters["llama_a"]), "--method", "dare_ties"], "density")
+
+
+@pytest.mark.parametrize("weight", ["nan", "inf", "-inf"])
+def test_refuses_weights_that_are_not_finite(adapters, tmp_path, weight):
+    _refused(tmp_path, [f"{adapters['llama_a']}:{weight}"], "finite")
+
+
+@pytest.mark.parametrize("rank", ["0", "-3"])
+def test_refuses_rank_below_one(adapters, tmp_path, rank):
+    _refused(tmp_path, [str(adapters["llama_a"]), "--rank", rank], "rank")
+
+
+def test_refuses_an_unknown_method(adapters, tmp_path):
+    _refused(tmp_path, [str(adapters["llama_a"]), "--method", "average"], "unknown merge method")
+
+
+def test_refuses_an_output_folder_that_is_not_empty(adapters, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(merge_local, [str(adapters["llama_a"]), "-o", str(out)])
+    assert result.exit_code != 0 and "already exists" in result.output
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--dtype", "int8"], "int8"),
+    (["--rank", "many"], "many"),
+    (["--output", "dense"], "dense"),
+])
+def test_refuses_bad_option_values_in_one_line_without_usage_text(adapters, tmp_path, args, needle):
+    _refused(tmp_path, [str(adapters["llama_a"]), *args], needle)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="only meaningful without a GPU")
+def test_refuses_device_cuda_without_a_gpu(adapters, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    parent = tmp_path / "outputs"
+    parent.mkdir()
+    result = CliRunner().invoke(merge_local, [str(adapters["llama_a"]), "--device", "cuda",
+                                              "-o", str(parent / "m")])
+    assert result.exit_code != 0 and result.output.strip() == \
+        "Error: device cuda was asked for but no CUDA GPU is available"
+    assert list(parent.iterdir()) == []

@@ -1,0 +1,144 @@
+"""TIES / DARE / magnitude rules against PEFT's merge_utils, and certified truncation."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from peft.utils import merge_utils
+
+from hub.merge import dense
+from hub.merge.dense import combine, kth_largest, magnitude_prune, random_prune, source_seed, truncate
+
+DEVICE = os.environ.get("LORASTACK_TEST_DEVICE", "cpu")
+FAST = settings(max_examples=30, deadline=None)
+
+
+@st.composite
+def updates(draw):
+    """A few dense updates of one module with weights and a density."""
+    d, k, n = draw(st.integers(1, 20)), draw(st.integers(1, 20)), draw(st.integers(1, 4))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    dws = [torch.randn(d, k, generator=g) for _ in range(n)]
+    weights = [draw(st.floats(-2, 2, allow_nan=False)) for _ in range(n)]
+    density = draw(st.floats(0.05, 1.0))
+    return dws, weights, density
+
+
+def _ours(method, dws, weights, density, sign="total", seed=0, module="m"):
+    moved = [t.to(DEVICE) for t in dws]
+    return combine(method, lambda i: moved[i].clone(), weights, density, sign, seed, module).cpu()
+
+
+@FAST
+@given(updates(), st.sampled_from(["total", "frequency"]))
+def test_ties_matches_merge_utils(case, sign):
+    dws, weights, density = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = merge_utils.ties(dws, torch.tensor(weights), density, sign)
+    torch.testing.assert_close(_ours("ties", dws, weights, density, sign), expected, rtol=1e-5, atol=1e-6)
+
+
+@FAST
+@given(updates())
+def test_magnitude_prune_matches_merge_utils(case):
+    dws, weights, density = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = merge_utils.magnitude_prune(dws, torch.tensor(weights), density)
+    torch.testing.assert_close(_ours("magnitude_prune", dws, weights, density), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
+@FAST
+@given(updates(), st.sampled_from(["dare_linear", "dare_ties"]), st.integers(0, 1000))
+def test_dare_matches_merge_utils_with_the_per_source_seeds(case, method, seed):
+    if DEVICE != "cpu":
+        pytest.skip("the reference draws from torch's CPU generator")
+    dws, weights, density = case
+    pruned = []
+    for i, t in enumerate(dws):
+        torch.manual_seed(source_seed(seed, "mod", i))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pruned.append(merge_utils.prune(t, density, "random", rescale=True))
+    w = torch.tensor(weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = (merge_utils.task_arithmetic(pruned, w) if method == "dare_linear"
+                    else merge_utils.ties(pruned, w, 1.0, "total"))
+    torch.testing.assert_close(_ours(method, dws, weights, density, seed=seed, module="mod"), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_magnitude_prune_keeps_exactly_k_entries_even_with_equal_magnitudes():
+    t = torch.tensor([[1.0, -1.0, 1.0, 0.5], [1.0, 2.0, -1.0, 0.0]])
+    pruned = magnitude_prune(t, 0.5)
+    assert int((pruned != 0).sum()) == 4 and pruned[1, 1] == 2.0
+    assert float(magnitude_prune(t, 0.01).abs().sum()) == 0.0
+
+
+def test_dare_rescales_kept_entries_by_one_over_density():
+    t = torch.ones(200, 200)
+    g = torch.Generator().manual_seed(0)
+    pruned = random_prune(t, 0.25, g)
+    assert set(pruned.unique().tolist()) == {0.0, 4.0}
+    assert abs(float((pruned != 0).float().mean()) - 0.25) < 0.02
+
+
+def test_source_seed_depends_on_seed_module_and_source():
+    seeds = {source_seed(s, m, i) for s in (0, 1) for m in ("a", "b") for i in (0, 1)}
+    assert len(seeds) == 8
+
+
+def test_streamed_ties_without_cache_equals_cached(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    dws = [torch.randn(30, 20, generator=g) for _ in range(3)]
+    cached = _ours("dare_ties", dws, [1.0, 0.5, -0.3], 0.4, seed=2)
+    monkeypatch.setattr(dense, "CACHE_BYTES", {})
+    assert torch.equal(_ours("dare_ties", dws, [1.0, 0.5, -0.3], 0.4, seed=2), cached)
+
+
+def _low_rank_plus_noise(d, k, r, noise, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    signal = torch.randn(d, r, generator=g) @ torch.randn(r, k, generator=g)
+    return (signal + noise * torch.randn(d, k, generator=g)).to(DEVICE)
+
+
+def test_randomized_truncation_is_used_only_within_one_percent_of_exact():
+    M = _low_rank_plus_noise(300, 200, 12, 0.01)
+    low = truncate(M, 8)
+    S = torch.linalg.svdvals(M.double().cpu())
+    exact_error = float(S[8:].pow(2).sum().sqrt())
+    error = float(torch.linalg.norm((low.dense() - M).double().cpu()))
+    assert low.svd == "randomized" and low.rank == 8
+    assert error <= 1.01 * exact_error
+    assert abs(low.energy_kept - float(S[:8].pow(2).sum() / S.pow(2).sum())) < 1e-3
+
+
+def test_truncation_falls_back_to_exact_svd_when_randomized_cannot_be_certified():
+    M = torch.randn(200, 180, generator=torch.Generator().manual_seed(4)).to(DEVICE)  # flat spectrum
+    low = truncate(M, 40)
+    S = torch.linalg.svdvals(M.double().cpu())
+    assert low.svd == "exact"
+    assert low.energy_kept == pytest.approx(float(S[:40].pow(2).sum() / S.pow(2).sum()), rel=1e-5)
+
+
+def test_truncation_of_a_zero_update_is_rank_zero():
+    low = truncate(torch.zeros(10, 12, device=DEVICE), 3)
+    assert low.rank == 0 and low.energy_kept == 1.0 and float(low.dense().abs().max()) == 0.0
+
+
+@FAST
+@given(st.integers(1, 300), st.integers(0, 2**31 - 1), st.data())
+def test_kth_largest_by_sort_equals_kthvalue(n, seed, data):
+    g = torch.Generator().manual_seed(seed)
+    flat = torch.randint(0, 7, (n,), generator=g).float()  # many equal values on purpose
+    k = data.draw(st.integers(1, n))
+    expected = torch.sort(flat, descending=True).values[k - 1]
+    assert kth_largest(flat, k, use_sort=True) == expected
+    assert kth_largest(flat, k, use_sort=False) == expected
