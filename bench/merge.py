@@ -73,8 +73,8 @@ def _warm_up(device: str) -> None:
     """Load the linear-algebra kernels once, as a long-running merge worker would have."""
     import torch
 
-    x = torch.randn(64, 8, device=device)
-    torch.linalg.svd(torch.linalg.qr(x).R @ torch.linalg.qr(x).R.T)
+    x = torch.randn(64, 8, device=device, dtype=torch.float64)
+    torch.linalg.eigh(x.T @ x)  # the exact linear path: float64 Gram matrices and eigh
     torch.linalg.svd(torch.randn(64, 32, device=device), full_matrices=False)
 
 

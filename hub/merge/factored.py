@@ -1,8 +1,13 @@
 """Exact linear merging in factored form: never forms a d x k matrix.
 
-`sum_i c_i B_i A_i = B A` with `B = [c_i B_i]` (d x R) and `A = [A_i]` (R x k). With
-`B = Qb Rb` and `A^T = Qa Ra`, `B A = Qb (Rb Ra^T) Qa^T`, so the SVD of the small core
-`Rb Ra^T = U S V^T` is the SVD of the sum: cost O((d + k) R^2) instead of O(d k min(d, k)).
+`sum_i c_i B_i A_i = B A` with `B = [c_i B_i]` (d x R) and `A = [A_i]` (R x k). With the
+Gram matrix `B^T B = V L V^T`, `Q = B V L^(-1/2)` has orthonormal columns and
+`B A = Q Z` with `Z = L^(1/2) V^T A` (R x k); the eigendecomposition of the small
+`Z Z^T = U S^2 U^T` then gives the SVD of the sum, `B A = (Q U) S (Z^T U S^-1)^T`.
+Cost O((d + k) R^2) instead of O(d k min(d, k)), all of it in matrix products: unlike a
+Householder QR of the tall d x R factors (BLAS-2 bound on a CPU), Gram matrices run at
+GEMM speed. They are accumulated in float64, so squaring loses only what lies below
+~sqrt(eps64) ~ 1e-8 of the norm of the inputs, under float32 input precision.
 """
 from __future__ import annotations
 
@@ -55,22 +60,48 @@ def energy_fraction(S: torch.Tensor, r: int) -> float:
     return float((S[:r].double() ** 2).sum()) / total
 
 
-def core_svd(core: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD of a batch of small float64 cores via the eigendecomposition of core^T core.
+def _eigh_desc(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (descending, clamped at 0) and eigenvectors of a batch of symmetric matrices."""
+    lam, V = torch.linalg.eigh(G)
+    return lam.flip(-1).clamp_min(0.0), V.flip(-1)
 
-    For R x R cores with R in the hundreds (8 sources of rank 64) a symmetric eigensolver is
-    an order of magnitude faster than a general SVD on both CPU and GPU. Squaring costs
-    accuracy only below sqrt(eps64) ~ 1e-8 of the largest singular value, far under the
-    float32 numerical-rank tolerance, and U is only formed for the directions kept.
+
+Items = list[tuple[list[torch.Tensor], list[torch.Tensor], list[float]]]
+
+
+def _stack(items: Items, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stacked factors in float64 (n x d x R, n x R x k) and each column's coefficient (n x R).
+
+    Copying converts any stored dtype (fp16, bf16, float32) straight to float64 in one pass.
     """
-    # eigh refuses non-finite input; such cores get NaN singular values for the caller to refuse.
-    bad = ~torch.isfinite(core).flatten(1).all(dim=1)
-    core = torch.where(bad[:, None, None], torch.zeros_like(core), core)
-    lam, V = torch.linalg.eigh(core.mT @ core)
-    lam, V = lam.flip(-1).clamp_min(0.0), V.flip(-1)
-    S = torch.where(bad[:, None], torch.full_like(lam, float("nan")), lam.sqrt())
-    U = (core @ V) / torch.where(S > 0, S, torch.ones_like(S))[..., None, :]
-    return U, S, V.mT
+    Bs0, As0, _ = items[0]
+    d, k, R = Bs0[0].shape[0], As0[0].shape[1], sum(b.shape[1] for b in Bs0)
+    B = torch.empty(len(items), d, R, dtype=torch.float64, device=device)
+    A = torch.empty(len(items), R, k, dtype=torch.float64, device=device)
+    coefs = []
+    for j, (Bs, As, cs) in enumerate(items):
+        offset = 0
+        for b, a, c in zip(Bs, As, cs):
+            r = b.shape[1]
+            B[j, :, offset:offset + r].copy_(b)
+            A[j, offset:offset + r].copy_(a)
+            offset += r
+            coefs.extend([float(c)] * r)
+    coef = torch.tensor(coefs, dtype=torch.float64).view(len(items), R).to(device)
+    return B, A, coef
+
+
+def _scales(items: Items, nb2: list[list[float]], na2: list[list[float]]) -> list[float]:
+    """Per module `sum_i |c_i| |B_i| |A_i|` (Frobenius), from the Gram diagonals already on the host."""
+    out = []
+    for j, (Bs, _, cs) in enumerate(items):
+        total, offset = 0.0, 0
+        for b, c in zip(Bs, cs):
+            r = b.shape[1]
+            total += abs(c) * (sum(nb2[j][offset:offset + r]) * sum(na2[j][offset:offset + r])) ** 0.5
+            offset += r
+        out.append(total)
+    return out
 
 
 def factored_sum(Bs: list[torch.Tensor], As: list[torch.Tensor], coefs: list[float],
@@ -79,39 +110,68 @@ def factored_sum(Bs: list[torch.Tensor], As: list[torch.Tensor], coefs: list[flo
     return factored_sum_batched([(Bs, As, coefs)], rank)[0]
 
 
-def factored_sum_batched(items: list[tuple[list[torch.Tensor], list[torch.Tensor], list[float]]],
-                         rank: int | None = None) -> list[LowRank]:
+def factored_sum_batched(items: Items, rank: int | None = None) -> list[LowRank]:
     """`factored_sum` for several modules whose stacked factors share one shape (d x R, R x k).
 
-    One batched QR / SVD call per batch instead of one per module: on a GPU this removes
-    the per-call launch overhead that dominates at LoRA sizes.
+    One batched GEMM / eigh call per step instead of one per module: on a GPU this removes
+    the per-call launch overhead that dominates at LoRA sizes. Factors may be in any float
+    dtype; the results are float32.
     """
-    B = torch.stack([torch.cat([c * b for c, b in zip(coefs, Bs)], dim=1) for Bs, _, coefs in items])
-    A = torch.stack([torch.cat(As, dim=0) for _, As, _ in items])
-    d, k = B.shape[1], A.shape[2]
-    # Upper bounds on each module's norm, gathered in one transfer (one GPU sync per batch).
-    scales = torch.stack([sum(abs(c) * torch.linalg.norm(b) * torch.linalg.norm(a)
-                              for c, b, a in zip(coefs, Bs, As)) for Bs, As, coefs in items]).tolist()
-    Qb, Rb = torch.linalg.qr(B)
-    Qa, Ra = torch.linalg.qr(A.transpose(1, 2))
-    del B, A
-    # The core is at most R x R; float64 there costs nothing and keeps small singular values.
-    U, S, Vh = core_svd(Rb.double() @ Ra.double().transpose(1, 2))
+    device = items[0][0][0].device
+    B, A, coef = _stack(items, device)
+    n, d, R = B.shape
+    k = A.shape[2]
+    eps = torch.finfo(torch.float64).eps
+    Gb, Ga = B.mT @ B, A @ A.mT
+    nb2, na2 = Gb.diagonal(dim1=-2, dim2=-1), Ga.diagonal(dim1=-2, dim2=-1)
+    # NaN/inf anywhere in a factor reaches its column's squared norm (float64 cannot overflow
+    # on float32 inputs); such modules get NaN singular values for the caller to refuse.
+    bad = ~(torch.isfinite(nb2).all(-1) & torch.isfinite(na2).all(-1))
+    live = (nb2 > 0) & (na2 > 0) & (coef != 0) & ~bad[:, None]
+    # Balance each rank-1 term c_j b_j a_j to |b_j| = |a_j| (on the R x R Grams only): the
+    # Gram truncation below is then relative to sum_j |c_j b_j| |a_j| <= the inputs' norm,
+    # whatever the scale split between B and A, or between sources, was.
+    ratio = torch.where(live, (na2.sqrt() / (coef.abs() * nb2.sqrt()).where(live, 1.0)).sqrt(), 1.0)
+    db = torch.where(live, coef * ratio, 0.0)
+    da = torch.where(live, 1.0 / ratio, 0.0)
+    Gb = torch.where(bad[:, None, None], 0.0, db[:, :, None] * Gb * db[:, None, :])
+    Ga = torch.where(bad[:, None, None], 0.0, da[:, :, None] * Ga * da[:, None, :])
+    host = torch.cat([nb2, na2], dim=1).cpu()  # one transfer for the norms and the bad flags
+    scales = _scales(items, host[:, :R].tolist(), host[:, R:].tolist())
+
+    lam, V = _eigh_desc(Gb)
+    # Directions of B under the Gram's rounding floor (~(d + R) eps64 of its trace) carry at
+    # most sqrt of that (~1e-7) of the product, and L^(-1/2) would only amplify their noise.
+    floor = (d + R) * eps * Gb.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
+    kept_b = lam > floor
+    root = torch.where(kept_b, lam.sqrt(), 0.0)
+    W = V * root[:, None, :]  # V L^(1/2): Z = W^T A, so Z Z^T = W^T Ga W
+    mu, U = _eigh_desc(W.mT @ Ga @ W)
+    S = torch.where(bad[:, None], float("nan"), mu.sqrt())
     S_cpu = S.cpu()
-    exact = [numerical_rank(S_cpu[j], (d, k), scales[j]) for j in range(len(items))]
+    exact = [numerical_rank(S_cpu[j], (d, k), scales[j]) for j in range(n)]
     # Directions beyond the numerical rank are rounding noise, never worth keeping.
     keep = [e if rank is None else min(rank, e) for e in exact]
     top = max(max(keep), 1)
-    S32 = S.to(Qb.dtype)
-    root = S32[:, :top].sqrt()
-    # Balanced factors (sqrt(S) on each side) keep half-precision outputs in range.
-    B_all = (Qb @ U[:, :, :top].to(Qb.dtype)) * root[:, None, :]
-    A_all = root[:, :, None] * (Vh[:, :top].to(Qa.dtype) @ Qa.transpose(1, 2))
+    Ut, St = U[:, :, :top], S[:, :top].nan_to_num(0.0)
+    half = St.sqrt()
+    inv_half = torch.where(St > 0, 1.0 / half.where(St > 0, 1.0), 0.0)
+    inv_root = torch.where(kept_b, 1.0 / root.where(kept_b, 1.0), 0.0)
+    # Balanced factors (sqrt(S) on each side) keep half-precision outputs in range:
+    # B' = B Db V L^(-1/2) U_r S_r^(1/2) and A' = S_r^(-1/2) U_r^T L^(1/2) V^T Da A, formed as
+    # R x r transforms and applied in float64: their entries grow where B's columns nearly
+    # cancel, and float64 keeps that cancellation exact far below float32 output precision.
+    Tb = db[:, :, None] * ((V * inv_root[:, None, :]) @ Ut) * half[:, None, :]
+    Ta = (inv_half[:, :, None] * (Ut.mT @ W.mT)) * da[:, None, :]
+    B_all = (B @ Tb).float()
+    A_all = (Ta @ A).float()
+    del B, A
+    S32 = S.float()
     out = []
     for j, r in enumerate(keep):
         if r == 0:
             # PEFT cannot hold a rank-0 module: keep one zero direction.
-            out.append(LowRank(torch.zeros(d, 1, device=Qb.device), torch.zeros(1, k, device=Qb.device),
+            out.append(LowRank(torch.zeros(d, 1, device=device), torch.zeros(1, k, device=device),
                                S32[j], 0, 1.0))
             continue
         kept = energy_fraction(S_cpu[j, :exact[j]], r)

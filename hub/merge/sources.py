@@ -113,9 +113,9 @@ class LoraSource:
         value = self.config.get("base_model_name_or_path")
         return value or None
 
-    def factors(self, ref: ModuleRef, device: torch.device, check_finite: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A, B) of a module in float32 on `device`; refuses non-finite values when asked."""
+    def factors(self, ref: ModuleRef, device: torch.device, check_finite: bool = True,
+                dtype: torch.dtype | None = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) of a module in `dtype` (None: as stored) on `device`; refuses non-finite values if asked."""
         try:
             if self._handle is None:
                 # One open file per source: re-parsing the header per module costs more than the read.
@@ -125,8 +125,9 @@ class LoraSource:
         except Exception as exc:  # safetensors raises several types for damaged files
             raise InvalidSafetensors(f"{self.weights_file}: cannot read {ref.name}: {exc}") from None
         # Move in the stored dtype, widen on the device: half the transfer for fp16 sources.
-        a = a.to(device).float()
-        b = b.to(device).float()
+        # dtype=None leaves widening to the caller (the factored path copies straight to float64).
+        a = a.to(device) if dtype is None else a.to(device).to(dtype)
+        b = b.to(device) if dtype is None else b.to(device).to(dtype)
         if check_finite and not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
             raise NonFiniteWeights(f"{self.path}: module {ref.name} has non-finite values")
         return a, b

@@ -1,13 +1,19 @@
-"""Properties of the exact factored paths, on plain tensors."""
+"""Properties of the exact factored paths, on plain tensors.
+
+The linear path works from float64 Gram matrices; `_qr_reference` (the Householder-QR
+formulation of DESIGN.md, float32 QR and a float64 core) is the accuracy yardstick it must
+match or beat, on random sums and on the numerically hard cases.
+"""
 from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.merge.factored import core_svd, factored_sum, factored_sum_batched, numerical_rank
+from hub.merge.factored import factored_sum, factored_sum_batched, numerical_rank
 
 DEVICE = os.environ.get("LORASTACK_TEST_DEVICE", "cpu")
 FAST = settings(max_examples=40, deadline=None)
@@ -127,16 +133,129 @@ def test_batched_modules_give_the_same_factors_as_one_at_a_time(count, seed, ran
         torch.testing.assert_close(low.dense(), alone.dense(), rtol=1e-4, atol=1e-4)
 
 
+def _bound(Bs, As, coefs) -> float:
+    """sum_i |c_i| |B_i| |A_i|: the scale below which float32 inputs carry no information."""
+    return sum(abs(c) * float(b.double().norm() * a.double().norm()) for b, a, c in zip(Bs, As, coefs))
+
+
+def _qr_reference(Bs, As, coefs, rank=None) -> torch.Tensor:
+    """The product of DESIGN.md's QR formulation (float32 Householder QR, float64 core SVD)."""
+    B = torch.cat([c * b.float() for c, b in zip(coefs, Bs)], dim=1)
+    A = torch.cat([a.float() for a in As], dim=0)
+    Qb, Rb = torch.linalg.qr(B)
+    Qa, Ra = torch.linalg.qr(A.T)
+    U, S, Vh = torch.linalg.svd(Rb.double() @ Ra.double().T)
+    keep = numerical_rank(S, (B.shape[0], A.shape[1]), _bound(Bs, As, coefs))
+    keep = keep if rank is None else min(rank, keep)
+    return (Qb.double() @ U[:, :keep] * S[:keep]) @ (Vh[:keep] @ Qa.double().T)
+
+
+@st.composite
+def scaled_lora_sum(draw):
+    """LoRA sums with weights from 1e-8 to 1e8, scale moved between B and A, fp16/bf16/fp32 factors."""
+    d = draw(st.integers(1, 40))
+    k = draw(st.integers(1, 40))
+    n = draw(st.integers(1, 4))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    Bs, As, coefs = [], [], []
+    for _ in range(n):
+        r = draw(st.integers(1, 8))
+        split = 10.0 ** draw(st.integers(-4, 4))
+        dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+        Bs.append((torch.randn(d, r, generator=g) * split).to(dtype).to(DEVICE))
+        As.append((torch.randn(r, k, generator=g) / split).to(dtype).to(DEVICE))
+        coefs.append(draw(st.sampled_from([-1.0, 1.0])) * 10.0 ** draw(st.floats(-8, 8)))
+    return Bs, As, coefs
+
+
 @FAST
-@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 12), st.integers(0, 2**31 - 1))
-def test_core_svd_matches_torch_svd_including_rank_deficient_cores(m, n, rank, seed):
-    g = torch.Generator().manual_seed(seed)
-    core = (torch.randn(2, m, rank, generator=g, dtype=torch.float64)
-            @ torch.randn(2, rank, n, generator=g, dtype=torch.float64)).to(DEVICE)
-    U, S, Vh = core_svd(core)
-    expected = torch.linalg.svdvals(core)
-    torch.testing.assert_close(S[:, : expected.shape[1]], expected, rtol=1e-6, atol=1e-6)
-    keep = int(min(rank, m, n))
-    rebuilt = (U[..., :keep] * S[:, None, :keep]) @ Vh[:, :keep]
-    torch.testing.assert_close(rebuilt, core, rtol=1e-6, atol=1e-6)
-    assert core_svd(torch.full((1, 3, 3), float("nan"), dtype=torch.float64, device=DEVICE))[1].isnan().all()
+@given(scaled_lora_sum())
+def test_exact_sum_matches_float64_dense_sum_at_any_scale_and_dtype_and_beats_qr(case):
+    Bs, As, coefs = case
+    expected = _dense(Bs, As, coefs)
+    bound = _bound(Bs, As, coefs)
+    S = torch.linalg.svdvals(expected).cpu()
+    low = factored_sum(Bs, As, coefs)
+    # What is dropped lies under the numerical-rank tolerance (max(d, k) eps32 of `bound`) ...
+    tol = max(expected.shape) * torch.finfo(torch.float32).eps * max(bound, float(S[0]))
+    assert max(S[low.rank:].tolist(), default=0.0) <= 1.01 * tol
+    # ... and the rest is the float64 dense sum to float32 precision, relative to the inputs'
+    # norm whatever the cancellation, and to the sum's own norm where it does not cancel.
+    tail = float(S[low.rank:].pow(2).sum().sqrt())
+    error = float((low.dense().double() - expected).norm())
+    assert error <= tail + 1e-6 * bound
+    if float(expected.norm()) >= 0.1 * bound:
+        assert error <= tail + 1e-5 * float(expected.norm())
+    qr_error = float((_qr_reference(Bs, As, coefs) - expected).norm())
+    assert error <= 2 * qr_error + 1e-7 * bound
+
+
+def _hard_cases():
+    g = torch.Generator().manual_seed(7)
+    d, k, r = 160, 120, 8
+    B1, B2, N = (torch.randn(d, r, generator=g) for _ in range(3))
+    A1, A2 = (torch.randn(r, k, generator=g) for _ in range(2))
+    Uq = torch.linalg.qr(torch.randn(d, 24, generator=g)).Q
+    Vq = torch.linalg.qr(torch.randn(k, 24, generator=g)).Q
+    graded = torch.logspace(0, -7, 24)
+    return {
+        "nearly_parallel_sources": ([B1, B1 + 1e-6 * N], [A1, A2], [1.0, 0.7]),
+        "sources_parallel_to_1e-5_with_different_a": ([B1, B1 + 1e-5 * N], [A1, A2], [1.0, -1.0]),
+        "nearly_parallel_sources_cancelling": ([B1, B1 + 1e-6 * N], [A1, A1], [1.0, -1.0]),
+        "partly_cancelling_sources": ([B1, B1 + 1e-2 * N], [A1, A1 + 1e-2 * A2], [1.0, -1.0]),
+        "exact_cancellation": ([B1, B1], [A1, A1], [0.3, -0.3]),
+        "repeated_columns": ([torch.cat([B1[:, :2]] * 4, dim=1), B2], [A1, A2], [1.0, -0.5]),
+        "tiny_weights": ([B1, B2], [A1, A2], [1e-8, -3e-8]),
+        "huge_weights": ([B1, B2], [A1, A2], [1e8, 2e7]),
+        "tiny_and_huge_weights": ([B1, B2], [A1, A2], [1e8, 1e-8]),
+        "scale_moved_between_b_and_a": ([B1 * 1e4, B2 * 1e-4], [A1 * 1e-4, A2 * 1e4], [1.0, 1.0]),
+        "mixed_fp16_bf16": ([B1.half(), B2.bfloat16()], [A1.half(), A2.bfloat16()], [1.0, -0.6]),
+        "zero_initialised_b": ([torch.zeros(d, r), B2], [A1, A2], [1.0, 1.0]),
+        "graded_spectrum_to_1e-7": ([Uq[:, :12] * graded[:12], Uq[:, 12:] * graded[12:]],
+                                    [Vq.T[:12], Vq.T[12:]], [1.0, 1.0]),
+        "rank_above_a_dimension": ([torch.randn(3, 5, generator=g), torch.randn(3, 4, generator=g)],
+                                   [torch.randn(5, 90, generator=g), torch.randn(4, 90, generator=g)],
+                                   [1.0, 2.0]),
+    }
+
+
+HARD = _hard_cases()
+
+
+@pytest.mark.parametrize("rank", [None, 1, 5, 12])
+@pytest.mark.parametrize("name", sorted(HARD))
+def test_hard_cases_match_the_svd_of_the_float64_dense_sum_and_beat_qr(name, rank):
+    Bs, As, coefs = HARD[name]
+    Bs, As = [b.to(DEVICE) for b in Bs], [a.to(DEVICE) for a in As]
+    expected = _dense(Bs, As, coefs)
+    S = torch.linalg.svdvals(expected).cpu()
+    bound = _bound(Bs, As, coefs)
+    exact = numerical_rank(S, tuple(expected.shape), bound)
+    keep = exact if rank is None else min(rank, exact)
+    low = factored_sum(Bs, As, coefs, rank=rank)
+    assert low.rank == keep
+    if keep == 0:
+        assert float(low.dense().abs().max()) == 0.0
+        return
+    # Singular values, Eckart-Young error and energy are those of the dense float64 truncation.
+    top = min(S.shape[0], low.singular_values.shape[0])
+    assert float((low.singular_values[:top].double().cpu() - S[:top]).abs().max()) <= 1e-7 * bound
+    error = float((low.dense().double() - expected).norm())
+    tail = float(S[keep:].pow(2).sum().sqrt())
+    assert abs(error - tail) <= 1e-6 * bound
+    energy = float(S[:keep].pow(2).sum() / S[:exact].pow(2).sum())
+    assert abs(low.energy_kept - energy) <= 1e-9
+    qr_error = float((_qr_reference(Bs, As, coefs, rank) - expected).norm())
+    assert abs(error - tail) <= 2 * abs(qr_error - tail) + 1e-7 * bound
+
+
+def test_non_finite_factors_give_nan_singular_values_without_spoiling_the_batch():
+    g = torch.Generator().manual_seed(3)
+    good = ([torch.randn(20, 3, generator=g)], [torch.randn(3, 10, generator=g)], [1.0])
+    for poison in (float("nan"), float("inf")):
+        b = torch.randn(20, 3, generator=g)
+        b[4, 1] = poison
+        bad, ok = factored_sum_batched([([b], [torch.randn(3, 10, generator=g)], [1.0]), good], rank=2)
+        assert bad.singular_values.isnan().all()
+        assert ok.rank == 2 and torch.isfinite(ok.singular_values).all()
+        torch.testing.assert_close(ok.dense(), factored_sum(*good, rank=2).dense())
