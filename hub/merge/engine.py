@@ -67,9 +67,45 @@ def load_sources(specs: list[SourceSpec]) -> list[LoraSource]:
     if len(bases) > 1:
         raise IncompatibleAdapters(f"sources were trained on different base models: "
                                    f"{', '.join(sorted(bases))}")
-    if len(_layouts(sources)) > 1:
-        raise IncompatibleAdapters("sources disagree on fan_in_fan_out (Conv1D vs Linear layout)")
+    # PEFT saves the fan_in_fan_out of the LAST layer it wrapped, so a GPT-2 adapter that
+    # also targets lm_head (a Linear) says false. Only sources that share no module at all
+    # while disagreeing are from different model families.
+    conv, plain = _modules_by_layout(sources)
+    if conv and plain and not conv & plain:
+        raise IncompatibleAdapters("sources disagree on fan_in_fan_out (Conv1D vs Linear layout)"
+                                   " and share no module: they are for different models")
     return sources
+
+
+def _modules_by_layout(sources: list[LoraSource]) -> tuple[set[str], set[str]]:
+    """Linear-kind module names of sources saved with fan_in_fan_out true, and false."""
+    conv: set[str] = set()
+    plain: set[str] = set()
+    for source in sources:
+        names = {name for name, ref in source.modules.items() if ref.kind == "linear"}
+        (conv if source.config.get("fan_in_fan_out", False) else plain).update(names)
+    return conv, plain
+
+
+#: The module names transformers gives its Conv1D layers (GPT-2 and relatives).
+CONV1D_NAMES = frozenset({"c_attn", "c_proj", "c_fc", "q_attn"})
+
+
+def _check_delta_layout(sources: list[LoraSource]) -> None:
+    """Refuse a delta whose layout (in x out or out x in) the adapter cannot tell.
+
+    The saved fan_in_fan_out describes only PEFT's last wrapped layer, and the names alone
+    do not decide either (StarCoder's c_attn is a Linear). A LoRA output is unaffected:
+    B @ A is (out x in) for both, and PEFT works the layout out again when it loads.
+    """
+    for source in sources:
+        saved = bool(source.config.get("fan_in_fan_out", False))
+        for name, ref in source.modules.items():
+            if ref.kind == "linear" and (name.rsplit(".", 1)[-1] in CONV1D_NAMES) != saved:
+                raise IncompatibleAdapters(
+                    f"cannot tell whether {name} of {source.path} is a Conv1D (in x out) or a"
+                    " Linear (out x in) layer: PEFT saves fan_in_fan_out for its last layer"
+                    " only; use --output lora, which PeftModel loads either way")
 
 
 def _layouts(sources: list[LoraSource]) -> set[bool]:
@@ -122,7 +158,7 @@ def _linear_batches(plans: list[ModulePlan], device: torch.device) -> list[list[
     budget = BATCH_BYTES.get(device.type, BATCH_BYTES["cpu"])
     batches = []
     for (shape, rank_in), members in groups.items():
-        per_module = 4 * (shape[0] + shape[1]) * rank_in * 3  # factors, stacks and Q factors
+        per_module = 8 * (shape[0] + shape[1]) * rank_in * 2  # float64 stacks and their products
         size = max(1, budget // max(per_module, 1))
         batches.extend(members[i:i + size] for i in range(0, len(members), size))
     return batches
@@ -132,7 +168,8 @@ def _merge_linear_batch(batch: list[ModulePlan], sources: list[LoraSource], spec
                         device: torch.device) -> list[factored.LowRank]:
     items = []
     for plan in batch:
-        factors = [sources[i].factors(ref, device, check_finite=False) for i, ref in plan.parts]
+        # Stored dtype: factored_sum_batched widens straight to float64 in one copy.
+        factors = [sources[i].factors(ref, device, check_finite=False, dtype=None) for i, ref in plan.parts]
         items.append(([b for _, b in factors], [a for a, _ in factors], _linear_coefs(plan, sources)))
     lows = factored.factored_sum_batched(items, spec.rank)
     finite = torch.stack([torch.isfinite(low.singular_values).all() for low in lows]).tolist()
@@ -245,6 +282,12 @@ def _prepare(sources: list[SourceSpec], spec: MergeSpec):
     spec.validate()
     device = resolve_device(spec.device)
     loaded = load_sources(sources)
+    if spec.output == "delta":
+        try:
+            _check_delta_layout(loaded)
+        except IncompatibleAdapters:
+            _close(loaded)
+            raise
     return loaded, plan_modules(loaded), device, _out_dtype(spec, loaded)
 
 
