@@ -24,6 +24,7 @@ run: install
 	PORT=$(PORT) $(VENV)/bin/lorastack serve
 
 test: install
+	$(VENV)/bin/ruff check --select F hub tests bench migrations
 	$(PY) -m pytest -q
 
 bench: install

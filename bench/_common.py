@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -19,16 +18,8 @@ import requests
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
-# Dummy credentials: moto accepts any, and they keep a developer's real ones out of reach.
-MOTO_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-}
-_UNSET = ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION")
+# The same dummy credentials and scrubbed variables as the tests' moto fixture.
+from tests.support.moto_server import _UNSET, MOTO_ENV, free_port  # noqa: E402,F401
 
 HIDDEN = 4096
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -115,13 +106,6 @@ def vary_adapter(adapter: Adapter) -> None:
     with open(adapter.weights, "r+b") as fh:
         fh.seek(adapter.data_offset)
         fh.write(_finite_fp16(64))
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -69,6 +69,38 @@ def _peak() -> dict:
     return out
 
 
+def _rss_anon_mb() -> float:
+    """Anonymous resident memory (heap, tensors), without the mmapped input files' pages."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class AnonPeak:
+    """Samples RssAnon every 5 ms: ru_maxrss also counts the mmapped inputs, which the
+    kernel can drop at will, so it says little about the merge's own working set."""
+
+    def __enter__(self) -> "AnonPeak":
+        import threading
+
+        self.base = self.peak = _rss_anon_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss_anon_mb())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_anon_mb())
+
+
 def _warm_up(device: str) -> None:
     """Load the linear-algebra kernels once, as a long-running merge worker would have."""
     import torch
@@ -94,14 +126,16 @@ def worker_merge(task: dict) -> dict:
     spec = MergeSpec(method=task["method"], rank=task["rank"], density=task.get("density"),
                      device=task["device"])
     sources = [SourceSpec(p, w) for p, w in zip(task["sources"], WEIGHTS)]
-    start = time.perf_counter()
-    report = merge_to_folder(sources, spec, out)
-    elapsed = time.perf_counter() - start
+    with AnonPeak() as anon:
+        start = time.perf_counter()
+        report = merge_to_folder(sources, spec, out)
+        elapsed = time.perf_counter() - start
     kept = [m["energy_kept"] for m in report["modules"]]
     svd = sorted({m["svd"] for m in report["modules"]})
     result = {"time": elapsed, "base_rss_mb": base_rss, "energy_min": min(kept),
               "energy_median": statistics.median(kept), "svd": svd,
-              "out_bytes": sum(f.stat().st_size for f in out.iterdir()), **_peak()}
+              "out_bytes": sum(f.stat().st_size for f in out.iterdir()),
+              "anon_rise_mb": anon.peak - anon.base, **_peak()}
     if task.get("verify"):
         result["error_ratio"] = _truncation_vs_exact(sources, spec, task["verify"])
     return result
@@ -234,6 +268,8 @@ def fmt_mem(result: dict) -> str:
     text = f"{result['rss_peak_mb']:.0f}"
     if "base_rss_mb" in result:
         text += f" (+{result['rss_peak_mb'] - result['base_rss_mb']:.0f})"
+    if "anon_rise_mb" in result:
+        text += f" anon +{result['anon_rise_mb']:.0f}"
     if "cuda_peak_mb" in result:
         text += f" / gpu {result['cuda_peak_mb']:.0f}"
     return text
@@ -294,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "template": str(Path(out) / "adapter_model.safetensors")}))
             t_ours = statistics.median(x["time"] for x in ours)
             t_floor = statistics.median(x["time"] for x in floor)
-            rows.append([f"linear --rank 16 (end to end)", f"{n} x r{r}", f"{t_ours:.2f}",
+            rows.append(["linear --rank 16 (end to end)", f"{n} x r{r}", f"{t_ours:.2f}",
                          f"io floor {t_floor:.2f}", f"{t_ours / t_floor:.2f}x", fmt_mem(ours[0]),
                          f"{ours[0]['energy_min']:.4f}", f"in {in_mb:.0f} MiB"])
             print("  " + " | ".join(rows[-1]), flush=True)
@@ -330,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"peft {res['peft_time']:.2f}", f"{res['peft_time'] / res['time']:.0f}x faster",
                              fmt_mem(res), f"rel diff {res['rel_diff']:.1e}", note])
             print("  " + " | ".join(rows[-1]), flush=True)
-    header = ["row", "sources", "ours (s)", "baseline", "ratio", "peak RSS MiB (+merge)", "energy kept (min)", "notes"]
+    header = ["row", "sources", "ours (s)", "baseline", "ratio", "peak RSS MiB (+merge, anon +)", "energy kept (min)", "notes"]
     widths = [max(len(str(x[i])) for x in rows + [header]) for i in range(len(header))]
     print()
     print(f"device={args.device} layers={layers} repeat={repeat} (dense rows {dense_repeat}; medians); total bench "

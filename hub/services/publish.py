@@ -87,18 +87,19 @@ def publish_version(session: Session, store: BlobStore, principal: Principal | N
     if duplicates:
         raise InvalidRequest(f"File(s) sent twice: {', '.join(duplicates)}.",
                              code="unexpected_file")
+    print_ = fingerprint(uploads)
+    owner_row = session.scalar(select(User).where(User.name == owner))
+    if owner_row is None:
+        raise NotFound(f"No user named {owner!r}.")
+    # An existing label is answered from the digests alone: a re-sent multi-GB version
+    # costs no second scan of its bytes.
+    existing = _existing(session, owner_row.id, name, label)
+    if existing is not None:
+        return _same_or_conflict(existing, print_, owner, name, label)
     # Real adapter headers are well under 1 MB; a cap keeps a crafted one from costing GBs.
     info = validate_upload({upload.name: upload.path for upload in uploads},
                            max_header_bytes=16 * 1024 * 1024)
     license_choice = _resolve_license(choice, info)
-    print_ = fingerprint(uploads)
-
-    owner_row = session.scalar(select(User).where(User.name == owner))
-    if owner_row is None:
-        raise NotFound(f"No user named {owner!r}.")
-    existing = _existing(session, owner_row.id, name, label)
-    if existing is not None:
-        return _same_or_conflict(existing, print_, owner, name, label)
 
     # Blobs first: a row must never name bytes that are not stored yet.
     for upload in uploads:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from tests.e2e.helpers import assert_problem, auth, publish
+from tests.e2e.helpers import assert_problem, publish
 
 
 def stored_blobs(app) -> list[str]:

@@ -7,7 +7,6 @@ scaling bug cannot hide; the dense methods are checked against `peft.utils.merge
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import warnings
 
