@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from hub.db import Database
 from hub.storage import BlobStore, open_store
 
 log = logging.getLogger("hub.request")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass
@@ -54,7 +56,9 @@ def build_app(settings: Settings | None = None) -> Flask:
 
     @app.before_request
     def _start_timer() -> None:
-        g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex[:16]
+        # A caller's id is kept (it ties our log line to theirs) if it is short and plain.
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
         g.started = time.perf_counter()
 
     @app.after_request

@@ -61,6 +61,9 @@ def serve(host: str, port: int | None, workers: int, threads: int, debug: bool) 
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("timeout", 0)  # uploads of several GB must not be killed
             self.cfg.set("accesslog", "-")
+            # One line per request with its id (the X-Request-ID the app sets or echoes).
+            self.cfg.set("access_log_format",
+                         '%(h)s "%(r)s" %(s)s %(B)sB %(M)sms id=%({x-request-id}o)s')
 
         def load(self):
             return create_app(settings)

@@ -245,3 +245,10 @@ def test_metrics_count_requests_uploads_and_downloads(client, make_user, lora_di
     assert "lorastack_downloads_total 1.0" in text
     assert ('lorastack_http_requests_total{endpoint="api_v1.get_adapter",method="GET",'
             'status="404"} 1.0') in text
+
+
+def test_request_ids_are_echoed_only_when_short_and_plain(client):
+    assert client.get("/api/v1/health", headers={"X-Request-ID": "abc-1"}).headers[
+        "X-Request-ID"] == "abc-1"
+    odd = client.get("/api/v1/health", headers={"X-Request-ID": "x" * 65})
+    assert len(odd.headers["X-Request-ID"]) == 16 and odd.headers["X-Request-ID"] != "x" * 16

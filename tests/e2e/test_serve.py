@@ -36,9 +36,15 @@ def test_serve_starts_gunicorn_on_a_fresh_data_dir(tmp_path: Path):
         assert response.status_code == 200 and response.json()["status"] == "ok"
         assert (tmp_path / "var" / "hub.db").exists() and (tmp_path / "var" / "secret_key").exists()
         assert "gunicorn" in output.lower() or "Booting worker" in output, output
-        missing = requests.get(f"http://127.0.0.1:{port}/api/v1/adapters/a/b", timeout=5)
+        missing = requests.get(f"http://127.0.0.1:{port}/api/v1/adapters/a/b", timeout=5,
+                               headers={"X-Request-ID": "probe-123"})
         assert missing.status_code == 404
         assert missing.headers["Content-Type"] == "application/problem+json"
+        assert missing.headers["X-Request-ID"] == "probe-123"
+        deadline = time.monotonic() + 10
+        while "id=probe-123" not in (tmp_path / "serve.log").read_text(errors="replace"):
+            assert time.monotonic() < deadline, "no access log line with the request id"
+            time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
