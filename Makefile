@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # The CPU wheel of torch; a torch already in the venv (a CUDA build, say) is kept.
 TORCH_SPEC ?= torch==2.13.0
+# Elsewhere PyPI's torch is a CUDA build; TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# takes the CPU wheel from PyTorch's own index.
+TORCH_INDEX ?=
 PORT ?= 8000
 
 .PHONY: install run test test-fast bench clean
@@ -14,7 +17,8 @@ $(VENV)/bin/python:
 	$(PIP) install --quiet --upgrade pip
 
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet \
+		$(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(PIP) install --quiet -e ".[dev]"
 	touch $@
 
@@ -31,5 +35,5 @@ bench: install
 	$(PY) bench/merge.py
 	$(PY) bench/upload.py
 
-clean:
-	rm -rf $(VENV) var .pytest_cache
+clean:  # the venv and caches; ./var (the embedded registry's data) is left alone
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 
 def create_app(settings=None):
-    """Build the Flask application (see hub.api.app)."""
+    """Build the Flask application (see hub.app.build_app)."""
     from hub.app import build_app
 
     return build_app(settings)

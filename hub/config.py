@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -25,7 +25,6 @@ class Settings:
     port: int = 8000
     # Presigned download URLs live this long (seconds).
     presign_ttl: int = 300
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         data_dir = Path(self.data_dir)

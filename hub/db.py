@@ -103,8 +103,4 @@ def upgrade(url: str, revision: str = "head") -> None:
     """Apply the Alembic migrations up to `revision`."""
     from alembic import command
 
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(url), revision)

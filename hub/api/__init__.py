@@ -48,9 +48,8 @@ def register_error_handlers(app: Flask) -> None:
         if error.code == 404:
             return problem(NotFound("No such endpoint; see the API at /api/v1."))
         wrapped = InvalidRequest(error.description or error.name, status=error.code,
-                                 code="not_found" if error.code == 404 else
-                                 ("method_not_allowed" if error.code == 405 else
-                                  "invalid_request"))
+                                 code="method_not_allowed" if error.code == 405 else
+                                 "invalid_request")
         wrapped.title = error.name
         response = problem(wrapped)
         for key, value in error.get_headers():

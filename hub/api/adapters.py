@@ -6,7 +6,7 @@ from flask import current_app, jsonify, redirect, request, send_file
 from hub.api import api_v1
 from hub.api.auth import current_principal
 from hub.app import current_hub
-from hub.errors import InvalidRequest, UnexpectedFile
+from hub.errors import InvalidRequest, InvalidVersion, UnexpectedFile
 from hub.formats import check_file_name
 from hub.services import catalog
 from hub.services.names import parse_metadata
@@ -77,8 +77,7 @@ def publish(owner: str, name: str):
         uploads.append(Upload(name=part.filename, path=stream.name, size=stream.size,
                               sha256=stream.hexdigest()))
     if not form.get("version"):
-        raise InvalidRequest("The form field 'version' is required (for example 1.0.0).",
-                             code="invalid_version")
+        raise InvalidVersion("The form field 'version' is required (for example 1.0.0).")
     metadata = parse_metadata(form.get("metadata"))
     choice = LicenseChoice(form.get("license") or None, form.get("license_name") or None,
                            form.get("license_link") or None)

@@ -1,6 +1,7 @@
 """Prometheus metrics: one registry per app (no globals), exposed at /metrics."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from flask import Flask, Response, g, request
@@ -41,8 +42,6 @@ def install_metrics(app: Flask) -> Metrics:
         endpoint = request.endpoint or "unmatched"
         metrics.requests.labels(request.method, endpoint, str(response.status_code)).inc()
         if "started" in g:
-            import time
-
             metrics.latency.labels(endpoint).observe(time.perf_counter() - g.started)
         return response
 

@@ -5,7 +5,7 @@ import hashlib
 import tempfile
 from typing import IO
 
-from flask import Request, current_app
+from flask import Request
 from werkzeug.formparser import FormDataParser, MultiPartParser
 
 # werkzeug reads multipart bodies 64 KiB at a time, and gunicorn re-copies its read-ahead
@@ -72,5 +72,6 @@ class HubRequest(Request):
 
     def _get_file_stream(self, total_content_length, content_type, filename=None,
                          content_length=None):
-        hub = current_app.extensions["lorastack"]
-        return HashingFile(str(hub.settings.data_dir / "tmp"))
+        from hub.app import current_hub
+
+        return HashingFile(str(current_hub().settings.data_dir / "tmp"))

@@ -139,13 +139,19 @@ def tokens_create(user: str, scope: str) -> None:
 @click.option("--dry-run", is_flag=True, help="List what would be removed.")
 def gc(grace_hours: float, dry_run: bool) -> None:
     """Remove blobs that no file row names, after a grace period."""
+    from hub.db import Database
     from hub.services.maintenance import collect_garbage
     from hub.storage import open_store
 
     settings = _settings()
     store = open_store(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url)
-    removed = _in_session(lambda session: collect_garbage(
-        session, store, grace_hours=grace_hours, dry_run=dry_run))
+    db = Database(settings.database_url)
+    try:
+        removed = collect_garbage(db, store, grace_hours=grace_hours, dry_run=dry_run)
+    except HubError as error:
+        raise _fail(error) from None
+    finally:
+        db.dispose()
     for key in removed:
         click.echo(("would remove " if dry_run else "removed ") + key)
     click.echo(f"{len(removed)} orphan blob(s) {'found' if dry_run else 'removed'}")

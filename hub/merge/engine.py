@@ -183,16 +183,16 @@ def _merge_module(plan: ModulePlan, sources: list[LoraSource], spec: MergeSpec,
                   device: torch.device) -> tuple[factored.LowRank | None, torch.Tensor | None]:
     """(low-rank factors, dense update) of one module; the one not needed is None."""
     method = spec.canonical_method
+    if method == "linear" and (spec.output != "delta" or spec.rank is not None):
+        return _merge_linear_batch([plan], sources, spec, device)[0], None
     factors = [sources[i].factors(ref, device) for i, ref in plan.parts]
     weights = [sources[i].weight for i, _ in plan.parts]
-    if method == "linear":
-        if spec.output == "delta" and spec.rank is None:
-            total = None
-            for c, (a, b) in zip(_linear_coefs(plan, sources), factors):
-                term = (c * b) @ a
-                total = term if total is None else total.add_(term)
-            return None, total
-        return _merge_linear_batch([plan], sources, spec, device)[0], None
+    if method == "linear":  # an exact dense delta: the sum itself
+        total = None
+        for c, (a, b) in zip(_linear_coefs(plan, sources), factors):
+            term = (c * b) @ a
+            total = term if total is None else total.add_(term)
+        return None, total
 
     def delta(j: int) -> torch.Tensor:
         a, b = factors[j]

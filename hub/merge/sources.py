@@ -154,33 +154,17 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def readme_license(folder: Path) -> str | None:
-    """The `license:` of a README's YAML front matter, found by a minimal line scan."""
-    readme = folder / "README.md"
-    try:
-        lines = readme.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    if not lines or lines[0].strip() != "---":
-        return None
-    for index, line in enumerate(lines[1:], start=1):
-        if line.strip() == "---":
-            return None
-        match = re.match(r"^license\s*:\s*(.*)$", line)
-        if not match:
-            continue
-        value = match.group(1).strip().strip("'\"")
-        if value:
-            return value
-        # A YAML list on the following lines: "- mit".
-        items = []
-        for item in lines[index + 1:]:
-            m = re.match(r"^\s*-\s+(.+)$", item)
-            if not m:
-                break
-            items.append(m.group(1).strip().strip("'\""))
-        return ", ".join(items) or None
-    return None
+    """The `license` of the README's YAML front matter (publish's parser), or None."""
+    from hub.errors import HubError
+    from hub.formats import parse_readme
 
+    try:
+        value = parse_readme((folder / "README.md").read_bytes()).front_matter.get("license")
+    except (OSError, HubError):
+        return None  # no README, or one the registry would refuse: the report says nothing
+    if isinstance(value, list):  # several licences apply: report them all
+        value = ", ".join(str(item) for item in value if item)
+    return str(value).strip() or None if value else None
 
 def _read_config(folder: Path) -> dict:
     path = folder / CONFIG_NAME

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hub.errors import InvalidRequest, NotFound, VersionExists
+from hub.errors import NotFound, UnexpectedFile, UnknownLicense, VersionExists
 from hub.formats import AdapterInfo, validate_upload
 from hub.licenses import get_license, validate_license_fields
 from hub.models import Adapter, User, Version, VersionFile, utcnow
@@ -61,9 +61,8 @@ def _resolve_license(choice: LicenseChoice, info: AdapterInfo) -> LicenseChoice:
     readme = info.readme
     license_id = choice.license or (readme.license if readme else None)
     if not license_id:
-        raise InvalidRequest("A licence is required: send 'license' (see GET /api/v1/licenses)"
-                             " or put 'license:' in the README's front matter.",
-                             code="unknown_license")
+        raise UnknownLicense("A licence is required: send 'license' (see GET /api/v1/licenses)"
+                             " or put 'license:' in the README's front matter.")
     license_id = get_license(license_id).id
     name, link = choice.license_name, choice.license_link
     if license_id == "other" and readme is not None:
@@ -85,8 +84,7 @@ def publish_version(session: Session, store: BlobStore, principal: Principal | N
     names = [upload.name for upload in uploads]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise InvalidRequest(f"File(s) sent twice: {', '.join(duplicates)}.",
-                             code="unexpected_file")
+        raise UnexpectedFile(f"File(s) sent twice: {', '.join(duplicates)}.")
     print_ = fingerprint(uploads)
     owner_row = session.scalar(select(User).where(User.name == owner))
     if owner_row is None:
@@ -150,8 +148,6 @@ def _insert(session: Session, principal: Principal, owner_row: User, name: str, 
         adapter = Adapter(owner=owner_row, name=name, visibility=metadata.visibility or "public",
                           created_at=now, downloads=0, description="")
         session.add(adapter)
-    elif metadata.visibility is not None:
-        adapter.visibility = metadata.visibility
     description = metadata.description
     if description is None and not adapter.description and readme is not None:
         description = readme.front_matter.get("description") if isinstance(

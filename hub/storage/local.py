@@ -37,7 +37,10 @@ class LocalBlobStore(BlobStore):
         target = self._path(key)
         check_source(path, size)
         if self.size(key) == size:
-            return  # content-addressed: same key and size means the same bytes
+            # Content-addressed: same key and size means the same bytes. Refresh the time
+            # so `lorastack gc` sees a blob that a publish is about to name as young.
+            os.utime(target)
+            return
         tmp: str | None = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)

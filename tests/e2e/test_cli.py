@@ -141,3 +141,42 @@ def test_gc_removes_only_old_orphan_blobs(settings, app, client, make_user, lora
     assert not store.exists(blob_key(digest))
     for path in lora_dir.iterdir():
         assert store.exists(blob_key(hashlib.sha256(path.read_bytes()).hexdigest()))
+
+
+def test_gc_spares_an_old_blob_that_a_version_names_meanwhile(settings, app, client,
+                                                             make_user, lora_dir):
+    import hashlib
+    from datetime import datetime, timezone
+
+    from hub.services.maintenance import collect_garbage
+    from hub.storage import blob_key
+    from tests.e2e.helpers import publish
+
+    hub = app.extensions["lorastack"]
+    token = make_user("alice")
+    assert publish(client, token, "alice/first", "1", lora_dir).status_code == 201
+    key = blob_key(hashlib.sha256((lora_dir / "adapter_model.safetensors").read_bytes())
+                   .hexdigest())
+    # Make the blob an old orphan: delete the version's rows, keep the bytes.
+    from sqlalchemy import delete
+
+    from hub.models import Adapter
+    with hub.db.session() as session:
+        session.execute(delete(Adapter))
+
+    class PublishDuringListing:
+        """A store whose listing runs while a publish of the same bytes commits."""
+
+        def iter_blobs(self):
+            listing = [(k, datetime(2000, 1, 1, tzinfo=timezone.utc))
+                       for k, _ in hub.store.iter_blobs()]
+            assert publish(client, token, "alice/second", "1", lora_dir).status_code == 201
+            yield from listing
+
+        def delete(self, k):
+            hub.store.delete(k)
+
+    removed = collect_garbage(hub.db, PublishDuringListing(), grace_hours=0)
+    assert key not in removed and hub.store.exists(key)
+    body = client.get("/api/v1/adapters/alice/second/versions/1/files/adapter_model.safetensors")
+    assert body.status_code in (200, 302)

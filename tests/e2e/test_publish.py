@@ -235,3 +235,14 @@ def test_upload_over_the_limit_gets_413(settings, make_user, lora_dir):
     response = publish(small.test_client(), token, "alice/tiny", "1", lora_dir)
     assert_problem(response, 413, "file_too_large")
     small.extensions["lorastack"].db.dispose()
+
+
+def test_visibility_is_set_when_the_adapter_is_created_only(client, make_user, lora_dir,
+                                                            other_lora_dir):
+    token = make_user("alice")
+    publish(client, token, "alice/tiny", "1", lora_dir)
+    second = publish(client, token, "alice/tiny", "2", other_lora_dir,
+                     metadata={"visibility": "private"})
+    assert second.status_code == 201
+    # Still public: visibility changes go through PATCH, never as a side effect of a publish.
+    assert client.get("/api/v1/adapters/alice/tiny").get_json()["visibility"] == "public"

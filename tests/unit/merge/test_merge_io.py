@@ -45,6 +45,13 @@ def test_readme_licence_from_front_matter_only(tmp_path):
     assert readme_license(tmp_path) is None
     (tmp_path / "README.md").write_text("---\nlicense:\n- mit\n- apache-2.0\n---\n")
     assert readme_license(tmp_path) == "mit, apache-2.0"
+    # A YAML comment, a folded value and a byte-order mark are YAML, not part of the id.
+    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0 # see LICENSE\n---\n")
+    assert readme_license(tmp_path) == "apache-2.0"
+    (tmp_path / "README.md").write_text("---\nlicense: >-\n  mit\n---\n")
+    assert readme_license(tmp_path) == "mit"
+    (tmp_path / "README.md").write_bytes(b"\xef\xbb\xbf---\nlicense: gemma\n---\n")
+    assert readme_license(tmp_path) == "gemma"
 
 
 @pytest.mark.parametrize("kwargs,needle", [
