@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 
 from hub.errors import (
+    HubError,
     InvalidAdapterConfig,
     InvalidSafetensors,
     MissingFile,
@@ -25,6 +26,7 @@ from hub.errors import (
     TensorMismatch,
     UnsupportedFormat,
 )
+from hub.formats.peft_config import get_pattern_key, parse_adapter_config
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -133,17 +135,6 @@ class LoraSource:
         return a, b
 
 
-def pattern_key(patterns, key: str) -> str:
-    """PEFT's `get_pattern_key`: the first pattern matching the end of `key` at a dot boundary."""
-    for pattern in patterns:
-        try:
-            if re.match(rf"(.*\.)?({pattern})$", key):
-                return pattern
-        except re.error:
-            raise InvalidAdapterConfig(f"invalid pattern {pattern!r} in rank/alpha pattern") from None
-    return key
-
-
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -171,12 +162,15 @@ def _read_config(folder: Path) -> dict:
     if not path.is_file():
         raise MissingFile(f"{folder}: no {CONFIG_NAME}")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        json.loads(data.decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidAdapterConfig(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise InvalidAdapterConfig(f"{path}: not a JSON object")
-    return config
+    try:
+        # The registry's own checks: a JSON object, sane r / lora_alpha, safe patterns.
+        return parse_adapter_config(data)
+    except HubError as error:
+        raise type(error)(f"{path}: {error.detail}") from None
 
 
 def _check_config(folder: Path, config: dict) -> None:
@@ -273,11 +267,11 @@ def load_source(path: Path, weight: float) -> LoraSource:
         if shape_b[1] != rank or rank < 1:
             raise TensorMismatch(f"{folder}: module {module}: A is {tuple(shape_a)} but B is "
                                  f"{tuple(shape_b)}")
-        expected = rank_pattern.get(pattern_key(rank_pattern, module), config["r"])
+        expected = rank_pattern.get(get_pattern_key(rank_pattern, module), config["r"])
         if int(expected) != rank:
             raise TensorMismatch(f"{folder}: module {module} has rank {rank} but the config "
                                  f"says {expected}")
-        alpha = float(alpha_pattern.get(pattern_key(alpha_pattern, module), config["lora_alpha"]))
+        alpha = float(alpha_pattern.get(get_pattern_key(alpha_pattern, module), config["lora_alpha"]))
         scale = alpha / math.sqrt(rank) if rslora else alpha / rank
         modules[module] = ModuleRef(module, kind, key_a, key_b, rank, shape_b[0], shape_a[1],
                                     alpha, scale, fan_in_fan_out and kind == "linear")

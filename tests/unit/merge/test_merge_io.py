@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from hub.errors import InvalidMerge
-from hub.merge.sources import pattern_key, readme_license
+from hub.formats.peft_config import get_pattern_key as pattern_key  # what the engine matches with
+from hub.merge.sources import readme_license
 from hub.merge.spec import MergeSpec, SourceSpec
 from hub.merge.writer import SafetensorsStream, pattern_key_for, staging, target_modules_for
 
@@ -100,3 +101,16 @@ def test_staging_leaves_nothing_behind_on_failure_and_moves_into_place_on_succes
     with staging(tmp_path / "out") as tmp:
         (tmp / "done").write_text("x")
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and (tmp_path / "out" / "done").exists()
+
+
+def test_sources_get_the_registrys_config_checks_including_unsafe_patterns(tmp_path):
+    import json as _json
+
+    from hub.errors import InvalidAdapterConfig
+    from hub.merge.sources import load_source
+
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"],
+              "rank_pattern": {"(a+)+$": 2}}
+    (tmp_path / "adapter_config.json").write_text(_json.dumps(config))
+    with pytest.raises(InvalidAdapterConfig, match="adapter_config.json"):
+        load_source(tmp_path, 1.0)
