@@ -14,7 +14,7 @@ from hub.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from hub.licenses import get_license
 from hub.models import Adapter, AdapterTag, User, Version, VersionFile, utcnow
 from hub.services.accounts import Principal
-from hub.services.names import check_adapter_name, check_user_name, parse_metadata
+from hub.services.names import check_adapter_name, check_text, check_user_name, parse_metadata
 from hub.services.views import latest_version
 
 SORTS = ("downloads", "created", "updated", "name")
@@ -148,10 +148,8 @@ def yank_version(session: Session, principal: Principal | None, owner: str, name
                              code="invalid_version")
     adapter, version = get_version(session, principal, owner, name, label)
     require_owner(principal, owner)
-    if reason is not None and (not isinstance(reason, str) or len(reason) > 1000
-                               or any(0xD800 <= ord(c) <= 0xDFFF or c == "\0"
-                                      for c in reason)):
-        raise InvalidRequest("'reason' must be a string of at most 1000 characters.")
+    if reason is not None:
+        check_text(reason, 1000, "'reason'", multiline=True)
     version.yanked = True
     version.yank_reason = reason or None
     adapter.updated_at = utcnow()
@@ -187,10 +185,7 @@ def parse_query(args) -> Query:
         value = args.get(key)
         if value is None:
             continue
-        if len(value) > 256 or any(ord(c) < 32 for c in value):
-            raise InvalidRequest(f"Query parameter {key!r} must be at most 256 printable"
-                                 " characters.")
-        values[key] = value
+        values[key] = check_text(value, 256, f"Query parameter {key!r}")
     if "license" in values:  # the ids publish accepts: any case, SPDX aliases
         values["license"] = get_license(values["license"]).id
     if values.get("sort", "downloads") not in SORTS:

@@ -64,6 +64,17 @@ def check_tags(tags: object) -> list[str]:
     return seen
 
 
+def check_text(value: object, limit: int, what: str, *, multiline: bool = False) -> str:
+    """`value` if it is a string of at most `limit` characters that a database stores:
+    no control characters (newlines and tabs when `multiline`), no lone surrogates."""
+    allowed = "\n\t\r" if multiline else ""
+    if (not isinstance(value, str) or len(value) > limit
+            or any((ord(c) < 32 and c not in allowed) or 0xD800 <= ord(c) <= 0xDFFF
+                   for c in value)):
+        raise InvalidRequest(f"{what} must be a string of at most {limit} printable characters.")
+    return value
+
+
 @dataclass(frozen=True)
 class Metadata:
     """What a publisher may say about an adapter besides its files."""
@@ -98,12 +109,8 @@ def parse_metadata(raw: str | bytes | dict | None) -> Metadata:
         value = raw.get(key)
         if value is None:
             continue
-        if not isinstance(value, str):
-            raise InvalidRequest(f"'{key}' must be a string.")
         limit = {"description": MAX_DESCRIPTION, "task": 64}.get(key, 256)  # column widths
-        if len(value) > limit or any(ord(c) < 32 and c not in "\n\t\r" or
-                                     0xD800 <= ord(c) <= 0xDFFF for c in value):
-            raise InvalidRequest(f"'{key}' must be at most {limit} printable characters.")
+        check_text(value, limit, f"'{key}'", multiline=key == "description")
         values[key] = value.strip() if key != "description" else value
     if raw.get("tags") is not None:
         values["tags"] = check_tags(raw["tags"])
