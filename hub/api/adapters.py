@@ -49,6 +49,7 @@ def publish(owner: str, name: str):
     """Publish a version from a multipart upload (201), or find the identical one (200)."""
     hub = current_hub()
     principal = current_principal()
+    # Checked again by the service; here it refuses before a multi-GB body is parsed.
     catalog.require_owner(principal, owner)
     if request.mimetype != "multipart/form-data":
         raise InvalidRequest("Send a version as multipart/form-data: the fields version,"

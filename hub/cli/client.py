@@ -12,7 +12,6 @@ import click
 
 from hub.cli.http import HubClient, MultipartStream
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 
 
 def _split_ref(ref: str) -> tuple[str, str, str]:
@@ -45,13 +44,14 @@ def push(directory: Path, ref: str, version: str, license_id: str | None,
     owner, name, at = _split_ref(ref)
     if at != "latest":
         raise click.BadParameter("give the version with --version, not @", param_hint="REF")
-    files = [directory / f for f in ADAPTER_FILES if (directory / f).is_file()]
-    missing = [f for f in ADAPTER_FILES[:2] if not (directory / f).is_file()]
+    from hub.formats.names import ALLOWED_FILES, CONVERT_HINT, PICKLE_SUFFIXES, REQUIRED_FILES
+
+    files = [directory / f for f in sorted(ALLOWED_FILES) if (directory / f).is_file()]
+    missing = [f for f in REQUIRED_FILES if not (directory / f).is_file()]
     if missing:
-        pickles = sorted(p.name for p in directory.glob("*.bin")) + \
-            sorted(p.name for p in directory.glob("*.pt"))
-        hint = (f"; found {', '.join(pickles)}: pickle files are refused, save with"
-                " save_pretrained(dir, safe_serialization=True)" if pickles else "")
+        pickles = sorted(p.name for p in directory.iterdir()
+                         if p.name.lower().endswith(PICKLE_SUFFIXES))
+        hint = f"; found {', '.join(pickles)}: {CONVERT_HINT}" if pickles else ""
         raise click.ClickException(f"{directory} has no {', '.join(missing)}{hint}")
     metadata: dict = {}
     for key, value in (("description", description), ("task", task),

@@ -28,7 +28,7 @@ class HubClient:
         """Send a request; raise a one-line ClickException for an error response."""
         import requests
 
-        url = path if path.startswith("http") else f"{self.endpoint}/api/v1{path}"
+        url = f"{self.endpoint}/api/v1{path}"
         try:
             response = self.session.request(method, url, timeout=kwargs.pop("timeout", 600),
                                             **kwargs)

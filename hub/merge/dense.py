@@ -144,8 +144,7 @@ def randomized_svd(M: torch.Tensor, q: int, niter: int = 4, seed: int = 0
     return Q @ U, S, Vh
 
 
-def truncate(M: torch.Tensor, rank: int, signal_rank: int = 0, allow_randomized: bool = True,
-             seed: int = 0) -> LowRank:
+def truncate(M: torch.Tensor, rank: int, signal_rank: int = 0, seed: int = 0) -> LowRank:
     """Best rank-`rank` factors of a dense update, by randomized SVD when certified, else exact.
 
     `signal_rank` (the sources' total rank) sizes the sketch so it spans the low-rank
@@ -159,7 +158,7 @@ def truncate(M: torch.Tensor, rank: int, signal_rank: int = 0, allow_randomized:
         return LowRank(torch.zeros(d, 1, device=M.device), torch.zeros(1, k, device=M.device),
                        torch.zeros(0, device=M.device), 0, 1.0)
     q = min(mn, r + max(r, signal_rank) + 16)
-    if allow_randomized and 2 * q < mn:
+    if 2 * q < mn:
         U, S, Vh = randomized_svd(M, q, seed=seed)
         V = Vh.T
         kept = float((S[:r].double() ** 2).sum())

@@ -302,21 +302,32 @@ def _config(ranks: dict, loaded: list[LoraSource]) -> dict:
     return writer.lora_config(ranks, [s.config for s in loaded], _layouts(loaded) == {True})
 
 
+def _collect_lora(loaded, plans, spec, device, dtype, progress, upto: float,
+                  entries: list) -> tuple[dict, dict]:
+    """The merged LoRA factors (PEFT keys) and ranks, module by module."""
+    tensors: dict[str, torch.Tensor] = {}
+    ranks: dict[str, int] = {}
+    for plan, low, _full, entry in _iter_merge(loaded, plans, spec, device, progress, upto):
+        _add_lora(tensors, ranks, plan, low, dtype)
+        entries.append(entry)
+    return tensors, ranks
+
+
 def merge(sources: list[SourceSpec], spec: MergeSpec, progress: ProgressFn | None = None) -> MergeResult:
     """Merge in memory: LoRA factors (PEFT keys) or dense deltas (base weight names)."""
     started = time.perf_counter()
     loaded, plans, device, dtype = _prepare(sources, spec)
-    tensors: dict[str, torch.Tensor] = {}
-    ranks: dict[str, int] = {}
-    entries = []
+    entries: list[dict] = []
     try:
-        for plan, low, full, entry in _iter_merge(loaded, plans, spec, device, progress, 1.0):
-            entries.append(entry)
-            if spec.output == "delta":
+        if spec.output == "lora":
+            tensors, ranks = _collect_lora(loaded, plans, spec, device, dtype, progress, 1.0,
+                                           entries)
+        else:
+            tensors, ranks = {}, {}
+            for plan, low, full, entry in _iter_merge(loaded, plans, spec, device, progress, 1.0):
+                entries.append(entry)
                 update = full if full is not None else low.dense()
                 tensors[f"{plan.name}.weight"] = _to_base_layout(plan, update).to("cpu", dtype).contiguous()
-            else:
-                _add_lora(tensors, ranks, plan, low, dtype)
         config = _config(ranks, loaded) if spec.output == "lora" else None
         return MergeResult(tensors, config, _report(spec, loaded, device, dtype, entries, started), ranks)
     finally:
@@ -349,11 +360,8 @@ def merge_to_folder(sources: list[SourceSpec], spec: MergeSpec, out_dir: str | P
             if spec.output == "delta":
                 _write_delta(tmp / writer.DELTA_NAME, loaded, plans, spec, device, dtype, progress, entries)
             else:
-                tensors: dict[str, torch.Tensor] = {}
-                ranks: dict[str, int] = {}
-                for plan, low, _full, entry in _iter_merge(loaded, plans, spec, device, progress, 0.95):
-                    _add_lora(tensors, ranks, plan, low, dtype)
-                    entries.append(entry)
+                tensors, ranks = _collect_lora(loaded, plans, spec, device, dtype, progress, 0.95,
+                                               entries)
                 writer.write_tensors(tmp / "adapter_model.safetensors", tensors, {"format": "pt"})
                 writer.write_json(tmp / "adapter_config.json", _config(ranks, loaded))
             report = _report(spec, loaded, device, dtype, entries, started)

@@ -219,12 +219,14 @@ def test_health_names_the_failing_store(settings, make_user):
     app.extensions["lorastack"].db.dispose()
 
 
-def test_a_database_that_is_down_gives_503_not_500(settings):
+def test_a_database_that_is_down_gives_503_not_500(tmp_path):
     from hub import create_app
+    from hub.config import Settings
     from tests.support.moto_server import free_port
 
-    down = settings.with_overrides(
-        database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none")
+    # The backend fixtures are not needed: the database is the part that is down.
+    down = Settings(data_dir=tmp_path, secret_key="test",
+                    database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none")
     app = create_app(down)
     client = app.test_client()
     health = client.get("/api/v1/health")
