@@ -126,9 +126,18 @@ def worker_merge(task: dict) -> dict:
     spec = MergeSpec(method=task["method"], rank=task["rank"], density=task.get("density"),
                      device=task["device"])
     sources = [SourceSpec(p, w) for p, w in zip(task["sources"], WEIGHTS)]
+    profiler = None
+    if task.get("profile"):
+        import cProfile
+
+        profiler = cProfile.Profile()
     with AnonPeak() as anon:
         start = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         report = merge_to_folder(sources, spec, out)
+        if profiler is not None:
+            profiler.disable()
         elapsed = time.perf_counter() - start
     kept = [m["energy_kept"] for m in report["modules"]]
     svd = sorted({m["svd"] for m in report["modules"]})
@@ -136,6 +145,13 @@ def worker_merge(task: dict) -> dict:
               "energy_median": statistics.median(kept), "svd": svd,
               "out_bytes": sum(f.stat().st_size for f in out.iterdir()),
               "anon_rise_mb": anon.peak - anon.base, **_peak()}
+    if profiler is not None:
+        import io
+        import pstats
+
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+        result["profile"] = text.getvalue()
     if task.get("verify"):
         result["error_ratio"] = _truncation_vs_exact(sources, spec, task["verify"])
     return result
@@ -243,11 +259,22 @@ def worker_peft(task: dict) -> dict:
                 for name, f in factors.items()}
         sync()
         ours_times.append(time.perf_counter() - start)
+    reference = {}
     for name, low in lows.items():
         peft_product = getattr(peft_model.base_model.model, name).get_delta_weight("merged").float()
         ours = low.dense()
         diffs.append(float(torch.linalg.norm(peft_product - ours) / torch.linalg.norm(ours)))
-    return {"peft_time": peft_time, "time": statistics.median(ours_times), "rel_diff": max(diffs), **_peak()}
+        if not reference:
+            # Which side the difference comes from: both against the float64 truncation, first module only.
+            exact = sum(w * s * (b.double() @ a.double()) for w, (a, b, s) in zip(weights, factors[name]))
+            U, S, Vh = torch.linalg.svd(exact, full_matrices=False)
+            best = (U[:, :rank] * S[:rank]) @ Vh[:rank]
+            norm = torch.linalg.norm(best)
+            reference = {"module": name,
+                         "ours_vs_f64": float(torch.linalg.norm(ours.double() - best) / norm),
+                         "peft_vs_f64": float(torch.linalg.norm(peft_product.double() - best) / norm)}
+    return {"peft_time": peft_time, "time": statistics.median(ours_times), "rel_diff": max(diffs),
+            "reference": reference, **_peak()}
 
 
 WORKERS = {"merge": worker_merge, "io_floor": worker_io_floor, "peft": worker_peft}
@@ -291,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="NxR list for the ties/dare_ties rows, e.g. 3x16,8x64 (default: all; --quick: 3x16)")
     parser.add_argument("--dense-repeat", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=None)
+    parser.add_argument("--profile", action="store_true",
+                        help="also run the first linear row once under cProfile and print its top functions")
     parser.add_argument("--tmp", default=None, help="where the synthetic adapters go")
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -315,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"merge bench: device={args.device} layers={layers} modules/layer=7 "
           f"(LLaMA-7B shapes) repeat={repeat}", flush=True)
     peft_base = None
+    profile_text = None
     with tempfile.TemporaryDirectory(prefix="lorastack-bench-", dir=args.tmp) as tmp:
         root = Path(tmp)
         for n, r in configs:
@@ -328,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
                 ours.append(run_worker({**base, "kind": "merge", "method": "linear", "rank": 16}))
                 floor.append(run_worker({**base, "kind": "io_floor", "out": str(root / "floor.st"),
                                          "template": str(Path(out) / "adapter_model.safetensors")}))
+            if args.profile and profile_text is None:
+                profiled = run_worker({**base, "kind": "merge", "method": "linear", "rank": 16, "profile": True})
+                profile_text = f"cProfile of linear --rank 16, {n} x r{r} ({profiled['time']:.2f} s profiled):\n"
+                profile_text += profiled["profile"]
             t_ours = statistics.median(x["time"] for x in ours)
             t_floor = statistics.median(x["time"] for x in floor)
             rows.append(["linear --rank 16 (end to end)", f"{n} x r{r}", f"{t_ours:.2f}",
@@ -365,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(["PEFT add_weighted_adapter(svd) vs ours", f"{n} x r{r}", f"{res['time']:.4f}",
                              f"peft {res['peft_time']:.2f}", f"{res['peft_time'] / res['time']:.0f}x faster",
                              fmt_mem(res), f"rel diff {res['rel_diff']:.1e}", note])
+                ref = res["reference"]
+                rows.append(["  vs float64 SVD truncation", f"{n} x r{r}", "", "", "", "",
+                             f"ours {ref['ours_vs_f64']:.1e}, peft {ref['peft_vs_f64']:.1e}",
+                             f"relative error on {ref['module']}"])
             print("  " + " | ".join(rows[-1]), flush=True)
     header = ["row", "sources", "ours (s)", "baseline", "ratio", "peak RSS MiB (+merge, anon +)", "energy kept (min)", "notes"]
     widths = [max(len(str(x[i])) for x in rows + [header]) for i in range(len(header))]
@@ -374,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
           f"first); io floor = read all inputs + write an output of our output's size.")
     for line in [header, ["-" * w for w in widths]] + rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
+    if profile_text:
+        print()
+        print(profile_text)
     return 0
 
 

@@ -166,12 +166,14 @@ def _linear_batches(plans: list[ModulePlan], device: torch.device) -> list[list[
 
 def _merge_linear_batch(batch: list[ModulePlan], sources: list[LoraSource], spec: MergeSpec,
                         device: torch.device) -> list[factored.LowRank]:
+    # Stored dtype, on the host: factored_sum_batched packs a batch for the device and widens
+    # it there (one transfer per batch on a GPU, one float64 copy on the CPU).
+    host = torch.device("cpu")
     items = []
     for plan in batch:
-        # Stored dtype: factored_sum_batched widens straight to float64 in one copy.
-        factors = [sources[i].factors(ref, device, check_finite=False, dtype=None) for i, ref in plan.parts]
+        factors = [sources[i].factors(ref, host, check_finite=False, dtype=None) for i, ref in plan.parts]
         items.append(([b for _, b in factors], [a for a, _ in factors], _linear_coefs(plan, sources)))
-    lows = factored.factored_sum_batched(items, spec.rank)
+    lows = factored.factored_sum_batched(items, spec.rank, device)
     finite = torch.stack([torch.isfinite(low.singular_values).all() for low in lows]).tolist()
     for plan, low, ok in zip(batch, lows, finite):
         if not ok:

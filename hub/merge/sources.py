@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -285,8 +286,10 @@ _HASHER: ThreadPoolExecutor | None = None
 
 
 def _hasher() -> ThreadPoolExecutor:
-    # hashlib releases the GIL on large blocks, so hashing overlaps the merge itself.
+    # hashlib releases the GIL on large blocks, so hashing overlaps the merge itself, one
+    # source per core: with many sources on a GPU machine the hashes are the critical path.
     global _HASHER
     if _HASHER is None:
-        _HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lorastack-sha256")
+        workers = min(8, max(2, os.cpu_count() or 2))
+        _HASHER = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lorastack-sha256")
     return _HASHER

@@ -133,6 +133,44 @@ def test_batched_modules_give_the_same_factors_as_one_at_a_time(count, seed, ran
         torch.testing.assert_close(low.dense(), alone.dense(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtypes", [
+    (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
+    (torch.float16, torch.bfloat16), (torch.float16, torch.float64)])
+def test_host_factors_are_merged_on_the_device_exactly_as_factors_already_there(dtypes):
+    # The engine reads factors on the host and lets factored_sum_batched move them: packed
+    # in the stored dtype (one transfer per batch) on a GPU, widened in place on the CPU.
+    g = torch.Generator().manual_seed(11)
+    items = []
+    for _ in range(3):
+        Bs = [(torch.randn(40, 3, generator=g) * 0.1).to(dt) for dt in dtypes]
+        As = [torch.randn(3, 30, generator=g).to(dt) for dt in dtypes]
+        items.append((Bs, As, [1.0, -0.75]))
+    moved = factored_sum_batched(items, 4, device=DEVICE)
+    there = factored_sum_batched([([b.to(DEVICE) for b in Bs], [a.to(DEVICE) for a in As], cs)
+                                  for Bs, As, cs in items], 4)
+    for (Bs, As, coefs), low, ref in zip(items, moved, there):
+        assert low.B.device.type == DEVICE and low.B.dtype == torch.float32
+        assert low.rank == ref.rank == 4
+        torch.testing.assert_close(low.dense(), ref.dense(), rtol=0, atol=1e-6)
+        exact = _dense(Bs, As, coefs).to(DEVICE)
+        residual = exact - low.dense().double()
+        # Best rank 4 of a rank-6 sum: what is left is the two smallest singular values.
+        tail = torch.linalg.svdvals(exact)[4:].pow(2).sum().sqrt()
+        torch.testing.assert_close(torch.linalg.norm(residual), tail, rtol=1e-4, atol=1e-6)
+
+
+def test_stage_dtype_keeps_every_factor_exact():
+    from hub.merge.factored import _stage_dtype
+
+    def item(*dts):
+        return ([torch.zeros(2, 1, dtype=dt) for dt in dts], [torch.zeros(1, 2, dtype=dt) for dt in dts], [1.0] * len(dts))
+
+    assert _stage_dtype([item(torch.float16, torch.float16)]) == torch.float16
+    assert _stage_dtype([item(torch.bfloat16), item(torch.bfloat16)]) == torch.bfloat16
+    assert _stage_dtype([item(torch.float16, torch.bfloat16)]) == torch.float32
+    assert _stage_dtype([item(torch.float16), item(torch.float64)]) == torch.float64
+
+
 def _bound(Bs, As, coefs) -> float:
     """sum_i |c_i| |B_i| |A_i|: the scale below which float32 inputs carry no information."""
     return sum(abs(c) * float(b.double().norm() * a.double().norm()) for b, a, c in zip(Bs, As, coefs))
