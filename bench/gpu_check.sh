@@ -64,7 +64,9 @@ timeout 150 "$PY" -m pytest -q -p no:cacheprovider --confcutdir=tests/integratio
 left=$(( 340 - ($(date +%s) - start) ))
 if (( left < 60 )); then left=60; fi
 echo "== bench (cuda, 32 layers; ${left}s budget)"
-timeout "$left" "$PY" bench/merge.py --device cuda --repeat 2 --dense-configs 3x16,8x64 --profile \
+# BENCH_ARGS overrides the rows (e.g. "--repeat 3 --dense-configs 1x1" for the linear rows alone).
+# shellcheck disable=SC2086
+timeout "$left" "$PY" bench/merge.py --device cuda ${BENCH_ARGS:---repeat 2 --dense-configs 3x16,8x64 --profile} \
   --tmp "${BENCH_TMP:-/tmp}" \
   | tee "$OUT/bench_merge_cuda.txt"
 echo "== done in $(( $(date +%s) - start ))s"
