@@ -3,18 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=4, vocab_size=128)
+from tests.support.tiny_models import tiny_llama
+
 BASE_MODEL = "tiny-llama-64"
-
-
-def tiny_llama(seed: int = 0):
-    """A tiny LLaMA built from its config with seeded random weights."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**TINY_LLAMA)).eval()
 
 
 def save_lora(directory: Path, *, seed: int = 0, r: int = 4, alpha: float = 8,

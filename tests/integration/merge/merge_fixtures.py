@@ -6,10 +6,8 @@ import os
 import warnings
 from pathlib import Path
 
-LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=4, vocab_size=128)
-GPT2 = dict(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=0,
-            eos_token_id=0)
+from tests.support.tiny_models import tiny_gpt2, tiny_llama
+
 LLAMA_BASE = "tiny-llama-64"
 GPT2_BASE = "tiny-gpt2-32"
 
@@ -21,38 +19,22 @@ def merge_device() -> str:
 
 def llama(seed: int = 0):
     """A tiny LLaMA built from its config with seeded random weights."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**LLAMA)).eval()
+    return tiny_llama(seed)
 
 
 def gpt2(seed: int = 0):
     """A tiny GPT-2 (Conv1D layers) built from its config."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(**GPT2)).eval()
+    return tiny_gpt2(seed)
 
 
 def llama_wide(seed: int = 0):
     """A LLaMA of another width, for sources whose shapes disagree."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**{**LLAMA, "hidden_size": 32})).eval()
+    return tiny_llama(seed, hidden_size=32)
 
 
 def llama_vocab(seed: int = 0):
     """A LLaMA with a 60k vocabulary: a vocab x vocab float32 matrix would need 14 GB."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**{**LLAMA, "vocab_size": 60000, "num_hidden_layers": 1})).eval()
+    return tiny_llama(seed, vocab_size=60000, num_hidden_layers=1)
 
 
 BASES = {"llama": llama, "gpt2": gpt2, "llama_wide": llama_wide, "llama_vocab": llama_vocab}

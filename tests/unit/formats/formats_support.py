@@ -11,21 +11,17 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=4, vocab_size=128)
+from tests.support.tiny_models import tiny_gpt2, tiny_llama
 
 
 def llama():
     """A randomly initialised tiny Llama (no download)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    return LlamaForCausalLM(LlamaConfig(**TINY_LLAMA))
+    return tiny_llama()
 
 
 def gpt2():
     """A randomly initialised tiny GPT-2 (Conv1D layers, fan_in_fan_out)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-    return GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=128,
-                                      n_positions=64, bos_token_id=0, eos_token_id=0))
+    return tiny_gpt2(n_embd=64, n_head=4, vocab_size=128)
 
 
 def conv():
