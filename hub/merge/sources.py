@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,7 @@ class LoraSource:
     modules: dict[str, ModuleRef]
     ignored: list[str] = field(default_factory=list)
     _handle: object = field(default=None, repr=False)
+    _opening: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def sha256(self) -> str:
@@ -121,8 +123,11 @@ class LoraSource:
         """(A, B) of a module in `dtype` (None: as stored) on `device`; refuses non-finite values if asked."""
         try:
             if self._handle is None:
-                # One open file per source: re-parsing the header per module costs more than the read.
-                self._handle = safe_open(str(self.weights_file), framework="pt").__enter__()
+                # One open file per source (re-parsing the header per module costs more than
+                # the read), opened once even when several merge threads ask at the same time.
+                with self._opening:
+                    if self._handle is None:
+                        self._handle = safe_open(str(self.weights_file), framework="pt").__enter__()
             a = self._handle.get_tensor(ref.key_a)
             b = self._handle.get_tensor(ref.key_b)
         except Exception as exc:  # safetensors raises several types for damaged files

@@ -229,6 +229,34 @@ def test_shape_batched_linear_path_equals_module_by_module(adapters, monkeypatch
         torch.testing.assert_close(batched.tensors[key], tensor, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="the module thread pool is the CPU path")
+def test_cpu_module_threads_give_the_same_bytes_as_one_thread(adapters, monkeypatch):
+    from hub.merge import engine
+
+    calls = []
+    single = engine._single_threaded
+
+    def counting(fn):
+        calls.append(fn)
+        return single(fn)
+
+    monkeypatch.setattr(engine, "_single_threaded", counting)
+    mix = _specs(adapters, LLAMA_MIX)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = merge(mix, MergeSpec(rank=3, device="cpu"))
+        assert calls == []
+        torch.set_num_threads(3)
+        threaded = merge(mix, MergeSpec(rank=3, device="cpu"))
+        assert len(calls) == len(serial.ranks) and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    assert threaded.ranks == serial.ranks
+    for key, tensor in serial.tensors.items():
+        assert torch.equal(threaded.tensors[key], tensor), key
+
+
 def test_delta_output_with_a_rank_is_the_low_rank_product(adapters):
     mix = _specs(adapters, GPT2_MIX)
     low = merge(mix, MergeSpec(rank=2, device=DEVICE))
