@@ -237,8 +237,12 @@ def test_cpu_module_threads_give_the_same_bytes_as_one_thread(adapters, monkeypa
     single = engine._single_threaded
 
     def counting(fn):
-        calls.append(fn)
-        return single(fn)
+        run = single(fn)
+
+        def counted(*args):
+            calls.append(args)
+            return run(*args)
+        return counted
 
     monkeypatch.setattr(engine, "_single_threaded", counting)
     mix = _specs(adapters, LLAMA_MIX)
