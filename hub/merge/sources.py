@@ -291,8 +291,8 @@ _HASHER: ThreadPoolExecutor | None = None
 
 
 def _hasher() -> ThreadPoolExecutor:
-    # hashlib releases the GIL on large blocks, so hashing overlaps the merge itself, one
-    # source per core: with many sources on a GPU machine the hashes are the critical path.
+    # hashlib releases the GIL on large blocks, so hashing overlaps the merge itself; one
+    # thread per core (up to 8), so that many sources on a many-core machine hash side by side.
     global _HASHER
     if _HASHER is None:
         workers = min(8, max(2, os.cpu_count() or 2))
