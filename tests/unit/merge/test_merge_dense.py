@@ -11,7 +11,16 @@ from hypothesis import strategies as st
 from peft.utils import merge_utils
 
 from hub.merge import dense
-from hub.merge.dense import combine, kth_largest, magnitude_prune, random_prune, source_seed, truncate
+from hub.merge.dense import (
+    BRACKET_MIN,
+    _bracketed_kth_largest,
+    combine,
+    kth_largest,
+    magnitude_prune,
+    random_prune,
+    source_seed,
+    truncate,
+)
 
 DEVICE = os.environ.get("LORASTACK_TEST_DEVICE", "cpu")
 FAST = settings(max_examples=30, deadline=None)
@@ -140,5 +149,29 @@ def test_kth_largest_by_sort_equals_kthvalue(n, seed, data):
     flat = torch.randint(0, 7, (n,), generator=g).float()  # many equal values on purpose
     k = data.draw(st.integers(1, n))
     expected = torch.sort(flat, descending=True).values[k - 1]
-    assert kth_largest(flat, k, use_sort=True) == expected
-    assert kth_largest(flat, k, use_sort=False) == expected
+    for method in ("sort", "select", "bracket"):
+        assert kth_largest(flat, k, method) == expected, method
+
+
+@FAST
+@given(st.integers(1, 3000), st.integers(0, 2**31 - 1), st.integers(1, 64), st.sampled_from([2, 7, 1000]),
+       st.data())
+def test_bracketed_selection_is_exact_even_when_its_sample_misses(n, seed, sample_size, levels, data):
+    # Tiny samples make the bracket miss often: the fallback must give the same answer.
+    g = torch.Generator().manual_seed(seed)
+    flat = torch.randint(0, levels, (n,), generator=g).float().mul_(0.37).to(DEVICE)
+    k = data.draw(st.integers(1, n))
+    expected = torch.sort(flat, descending=True).values[k - 1]
+    assert _bracketed_kth_largest(flat, k, sample_size) == expected
+
+
+def test_bracketed_selection_of_a_module_sized_update_matches_kthvalue():
+    g = torch.Generator().manual_seed(3)
+    update = (torch.randn(1500, 16, generator=g) @ torch.randn(16, 1200, generator=g)).to(DEVICE)
+    flat = update.abs().reshape(-1)  # 1.8M values: above BRACKET_MIN, the CPU's default path
+    assert flat.numel() >= BRACKET_MIN
+    for density in (0.01, 0.2, 0.5, 0.99):
+        k = int(density * flat.numel())
+        expected = torch.kthvalue(flat.cpu(), flat.numel() - k + 1).values
+        assert kth_largest(flat, k).cpu() == expected
+        assert _bracketed_kth_largest(flat, k).cpu() == expected
