@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -135,21 +136,9 @@ def _entry(plan: ModulePlan, spec: MergeSpec, low: factored.LowRank | None) -> d
     return entry
 
 
-def _single_threaded(fn: Callable[..., T]) -> Callable[..., T]:
-    """`fn` with torch's intra-op threads at 1 in the calling thread, restored after."""
-    def run(*args):
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args)
-        finally:
-            torch.set_num_threads(previous)
-    return run
-
-
 def _map_batches(batches: list[list[ModulePlan]], work: Callable[[list[ModulePlan]], T],
                  device: torch.device) -> Iterator[T]:
-    """`work` over the batches, results in order.
+    """`work` over the batches, results in order; close the iterator to stop early.
 
     A CPU module's factored merge is a few small GEMMs, two R x R eigendecompositions and
     some dozens of tiny ops: too small for torch's intra-op threads to help, so the modules
@@ -160,21 +149,24 @@ def _map_batches(batches: list[list[ModulePlan]], work: Callable[[list[ModulePla
     if workers <= 1:
         yield from map(work, batches)
         return
-    task = _single_threaded(work)
+    threads = torch.get_num_threads()
     todo = iter(batches)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lorastack-merge")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lorastack-merge",
+                              initializer=torch.set_num_threads, initargs=(1,))
     try:
         # A bounded window of modules in flight: results are handed on in order and dropped,
         # so memory stays at a few modules' working sets however far the workers could run.
-        pending = deque(pool.submit(task, batch) for batch in islice(todo, 2 * workers))
+        pending = deque(pool.submit(work, batch) for batch in islice(todo, 2 * workers))
         while pending:
             result = pending.popleft().result()
             following = next(todo, None)
             if following is not None:
-                pending.append(pool.submit(task, following))
+                pending.append(pool.submit(work, following))
             yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        # set_num_threads also sets what new threads start with: the workers' 1 must not stay.
+        torch.set_num_threads(threads)
 
 
 def _iter_merge(sources: list[LoraSource], plans: list[ModulePlan], spec: MergeSpec,
@@ -192,12 +184,15 @@ def _iter_merge(sources: list[LoraSource], plans: list[ModulePlan], spec: MergeS
         batches = _linear_batches(plans, device)
         merged = _map_batches(batches, lambda batch: _merge_linear_batch(batch, sources, spec, device, dtype),
                               device)
-        for batch, lows in zip(batches, merged):
-            for plan, low in zip(batch, lows):
-                yield plan, low, None, _entry(plan, spec, low)
-            done += len(batch)
-            if progress is not None:
-                progress(share * done / len(plans))
+        # Closed on the way out, error or not: no worker may still read a source the caller
+        # is about to close (an error's traceback would otherwise keep the pool alive).
+        with closing(merged):
+            for batch, lows in zip(batches, merged):
+                for plan, low in zip(batch, lows):
+                    yield plan, low, None, _entry(plan, spec, low)
+                done += len(batch)
+                if progress is not None:
+                    progress(share * done / len(plans))
         return
     for done, plan in enumerate(plans, start=1):
         low, full = _merge_module(plan, sources, spec, device)
@@ -275,9 +270,10 @@ def _collect_lora(loaded, plans, spec, device, dtype, progress, upto: float,
     ranks: dict[str, int] = {}
     order = {plan.name: index for index, plan in enumerate(plans)}
     done = []
-    for plan, low, _full, entry in _iter_merge(loaded, plans, spec, device, progress, upto, dtype):
-        _add_lora(tensors, ranks, plan, low, dtype)
-        done.append(entry)
+    with closing(_iter_merge(loaded, plans, spec, device, progress, upto, dtype)) as merged:
+        for plan, low, _full, entry in merged:
+            _add_lora(tensors, ranks, plan, low, dtype)
+            done.append(entry)
     entries.extend(sorted(done, key=lambda entry: order[entry["module"]]))
     ranks = {plan.name: ranks[plan.name] for plan in plans}
     return tensors, ranks

@@ -98,21 +98,25 @@ def _stack(items: Items, device: torch.device) -> tuple[torch.Tensor, torch.Tens
     host bound for a GPU are first packed in their stored dtype into one pinned buffer, so a
     batch crosses the bus in two transfers at half (fp16) the bytes, not two per factor.
     """
-    Bs0, As0, _ = items[0]
-    n, d, k, R = len(items), Bs0[0].shape[0], As0[0].shape[1], sum(b.shape[1] for b in Bs0)
-    if Bs0[0].device == device:
-        B = torch.empty(n, d, R, dtype=torch.float64, device=device)
-        A = torch.empty(n, R, k, dtype=torch.float64, device=device)
-        coefs = _fill(B, A, items)
+    if items[0][0][0].device == device:
+        B, A, coefs = _packed(items, torch.float64, device)
     else:
-        dtype, pin = _stage_dtype(items), device.type == "cuda"
-        B_host = torch.empty(n, d, R, dtype=dtype, pin_memory=pin)
-        A_host = torch.empty(n, R, k, dtype=dtype, pin_memory=pin)
-        coefs = _fill(B_host, A_host, items)
+        pin = device.type == "cuda"
+        B_host, A_host, coefs = _packed(items, _stage_dtype(items), torch.device("cpu"), pin)
         B = B_host.to(device, non_blocking=pin).to(torch.float64)
         A = A_host.to(device, non_blocking=pin).to(torch.float64)
-    coef = torch.tensor(coefs, dtype=torch.float64).view(n, R).to(device)
+    coef = torch.tensor(coefs, dtype=torch.float64).view(B.shape[0], B.shape[2]).to(device)
     return B, A, coef
+
+
+def _packed(items: Items, dtype: torch.dtype, device: torch.device, pin: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """The factors side by side in new (n x d x R, n x R x k) tensors of `dtype`; the coefficients."""
+    Bs0, As0, _ = items[0]
+    n, d, k, R = len(items), Bs0[0].shape[0], As0[0].shape[1], sum(b.shape[1] for b in Bs0)
+    B = torch.empty(n, d, R, dtype=dtype, device=device, pin_memory=pin)
+    A = torch.empty(n, R, k, dtype=dtype, device=device, pin_memory=pin)
+    return B, A, _fill(B, A, items)
 
 
 def _scales(items: Items, nb2: list[list[float]], na2: list[list[float]]) -> list[float]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 
 import pytest
@@ -231,34 +232,67 @@ def test_shape_batched_linear_path_equals_module_by_module(adapters, monkeypatch
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the module thread pool is the CPU path")
 def test_cpu_module_threads_give_the_same_bytes_as_one_thread(adapters, monkeypatch):
+    import threading
+
     from hub.merge import engine
 
-    calls = []
-    single = engine._single_threaded
+    seen = set()
+    batch = engine._merge_linear_batch
 
-    def counting(fn):
-        run = single(fn)
+    def spy(*args):
+        seen.add((threading.current_thread().name, torch.get_num_threads()))
+        return batch(*args)
 
-        def counted(*args):
-            calls.append(args)
-            return run(*args)
-        return counted
-
-    monkeypatch.setattr(engine, "_single_threaded", counting)
+    monkeypatch.setattr(engine, "_merge_linear_batch", spy)
     mix = _specs(adapters, LLAMA_MIX)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         serial = merge(mix, MergeSpec(rank=3, device="cpu"))
-        assert calls == []
+        assert {name for name, _ in seen} == {threading.current_thread().name}
+        seen.clear()
         torch.set_num_threads(3)
         threaded = merge(mix, MergeSpec(rank=3, device="cpu"))
-        assert len(calls) == len(serial.ranks) and torch.get_num_threads() == 3
+        # Workers of the pool, one torch thread each; the caller's count is back for new threads too.
+        assert seen and all(name.startswith("lorastack-merge") and n == 1 for name, n in seen)
+        fresh = []
+        worker = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        worker.start()
+        worker.join()
+        assert torch.get_num_threads() == 3 and fresh == [3]
     finally:
         torch.set_num_threads(threads)
     assert threaded.ranks == serial.ranks
     for key, tensor in serial.tensors.items():
         assert torch.equal(threaded.tensors[key], tensor), key
+
+
+def test_report_and_config_list_modules_in_plan_order(adapters, tmp_path):
+    # The linear path merges shape batches in any order; what it writes must not show it.
+    from hub.merge.plan import load_sources, plan_modules
+
+    mix = _specs(adapters, LLAMA_MIX)
+    order = [plan.name for plan in plan_modules(load_sources(mix))]
+    assert order == sorted(order, key=lambda name: [int(p) if p.isdigit() else p
+                                                     for p in re.split(r"(\d+)", name)])
+    report = merge_to_folder(mix, MergeSpec(rank=3, device=DEVICE), tmp_path / "m")
+    assert [m["module"] for m in report["modules"]] == order
+    assert list(merge(mix, MergeSpec(rank=3, device=DEVICE)).ranks) == order
+
+
+def test_an_error_in_the_progress_callback_stops_the_workers_first(adapters):
+    import threading
+
+    calls = []
+
+    def progress(fraction):
+        calls.append(fraction)
+        if len(calls) == 2:
+            raise KeyError("stop")
+
+    with pytest.raises(KeyError, match="stop"):
+        merge(_specs(adapters, LLAMA_MIX), MergeSpec(rank=3, device=DEVICE), progress=progress)
+    assert not [t for t in threading.enumerate() if t.name.startswith("lorastack-merge")]
 
 
 def test_delta_output_with_a_rank_is_the_low_rank_product(adapters):

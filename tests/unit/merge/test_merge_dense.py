@@ -165,6 +165,16 @@ def test_bracketed_selection_is_exact_even_when_its_sample_misses(n, seed, sampl
     assert _bracketed_kth_largest(flat, k, sample_size) == expected
 
 
+def test_bracketed_selection_ranks_nan_as_kthvalue_does():
+    g = torch.Generator().manual_seed(8)
+    flat = torch.rand(BRACKET_MIN + 1, generator=g)
+    flat[::1000] = float("nan")  # kthvalue sorts NaN above every number
+    for k in (1, 500, flat.numel() // 2, flat.numel()):
+        expected = torch.kthvalue(flat, flat.numel() - k + 1).values
+        got = _bracketed_kth_largest(flat, k)
+        assert torch.equal(got, expected) or (got.isnan() and expected.isnan()), k
+
+
 def test_bracketed_selection_of_a_module_sized_update_matches_kthvalue():
     g = torch.Generator().manual_seed(3)
     update = (torch.randn(1500, 16, generator=g) @ torch.randn(16, 1200, generator=g)).to(DEVICE)

@@ -139,6 +139,8 @@ def test_batched_modules_give_the_same_factors_as_one_at_a_time(count, seed, ran
 def test_host_factors_are_merged_on_the_device_exactly_as_factors_already_there(dtypes):
     # The engine reads factors on the host and lets factored_sum_batched move them: packed
     # in the stored dtype (one transfer per batch) on a GPU, widened in place on the CPU.
+    # The transfer branch runs under LORASTACK_TEST_DEVICE=cuda (bench/gpu_check.sh); the
+    # packing it relies on is checked on the CPU below.
     g = torch.Generator().manual_seed(11)
     items = []
     for _ in range(3):
@@ -157,6 +159,23 @@ def test_host_factors_are_merged_on_the_device_exactly_as_factors_already_there(
         # Best rank 4 of a rank-6 sum: what is left is the two smallest singular values.
         tail = torch.linalg.svdvals(exact)[4:].pow(2).sum().sqrt()
         torch.testing.assert_close(torch.linalg.norm(residual), tail, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float16, torch.bfloat16), (torch.bfloat16, torch.float64)])
+def test_packing_in_the_stage_dtype_keeps_every_factor_bit_for_bit(dtypes):
+    from hub.merge.factored import _packed, _stage_dtype
+
+    g = torch.Generator().manual_seed(5)
+    items = [([torch.randn(6, r, generator=g).to(dt) for r, dt in zip((2, 3), dtypes)],
+              [torch.randn(r, 4, generator=g).to(dt) for r, dt in zip((2, 3), dtypes)], [0.5, -2.0])
+             for _ in range(2)]
+    stage = _stage_dtype(items)
+    B, A, coefs = _packed(items, stage, torch.device("cpu"))
+    assert B.dtype == A.dtype == stage and B.shape == (2, 6, 5) and A.shape == (2, 5, 4)
+    assert coefs == [0.5, 0.5, -2.0, -2.0, -2.0] * 2
+    for j, (Bs, As, _) in enumerate(items):
+        assert torch.equal(B[j].double(), torch.cat([b.double() for b in Bs], dim=1))
+        assert torch.equal(A[j].double(), torch.cat([a.double() for a in As], dim=0))
 
 
 def test_stage_dtype_keeps_every_factor_exact():
