@@ -56,8 +56,8 @@ def _bracketed_kth_largest(flat: torch.Tensor, k: int, sample_size: int = 1 << 1
     of its rank; two multi-threaded passes count the values above the bracket and gather
     those inside it, and quickselect runs on those alone (~0.5% of a module). Exact: when
     the bracket misses (about never, or when one value repeats across it), the whole tensor
-    is selected instead. About 4x faster than kthvalue on a 4096 x 11008 update on 2 cores
-    (0.3 s against 1.2 s: the passes over the tensor are memory-bound).
+    is selected instead. 3-4x faster than kthvalue on a 4096 x 11008 update on 2 cores
+    (0.26-0.3 s against 0.8-1.2 s: the passes over the tensor are memory-bound).
     """
     n = flat.numel()
     g = torch.Generator(device=flat.device)
@@ -68,7 +68,7 @@ def _bracketed_kth_largest(flat: torch.Tensor, k: int, sample_size: int = 1 << 1
     margin = 6 * math.sqrt(sample_size * p * (1 - p)) + 8
     lo = sample[max(0, math.floor(target - margin))]
     hi = sample[min(sample_size - 1, math.ceil(target + margin))]
-    above = int(torch.count_nonzero(flat > hi))
+    above = n - int(torch.count_nonzero(flat <= hi))  # NaN counts as above, as in kthvalue
     inside = flat[(flat >= lo) & (flat <= hi)]
     if above < k <= above + inside.numel():
         return torch.kthvalue(inside, inside.numel() - (k - above) + 1).values
@@ -137,16 +137,20 @@ def combine(method: str, delta: Callable[[int], torch.Tensor], weights: list[flo
     # saves ~300 MB of working set.
     positive = elect >= 0
     del elect
+    negative = ~positive
     numerator = None
     count = torch.zeros(positive.shape, dtype=torch.uint8 if n < 256 else torch.int32,
                         device=positive.device)
     for i in range(n):
         p = cache[i] if cache is not None else pruned(i)
-        agree = torch.where(positive, p > 0, p < 0)  # sign(p) == majority sign; zeros never agree
-        term = torch.where(agree, p * weights[i], 0.0)
-        numerator = term if numerator is None else numerator.add_(term)
+        # sign(p) == the majority sign (zeros never agree); in place and fused: no new
+        # d x k float tensor per source (2.4x faster than torch.where on a CPU, same bits).
+        agree = (p > 0).logical_and_(positive).logical_or_((p < 0).logical_and_(negative))
+        if numerator is None:
+            numerator = torch.zeros_like(p)
+        numerator.addcmul_(p, agree, value=weights[i])
         count.add_(agree)
-    return numerator / torch.clamp(count, min=1).to(numerator.dtype)
+    return numerator.div_(count.clamp_(min=1))
 
 
 def _residual_norm_estimate(M: torch.Tensor, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor,
