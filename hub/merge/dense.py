@@ -68,8 +68,9 @@ def _bracketed_kth_largest(flat: torch.Tensor, k: int, sample_size: int = 1 << 1
     margin = 6 * math.sqrt(sample_size * p * (1 - p)) + 8
     lo = sample[max(0, math.floor(target - margin))]
     hi = sample[min(sample_size - 1, math.ceil(target + margin))]
-    above = n - int(torch.count_nonzero(flat <= hi))  # NaN counts as above, as in kthvalue
-    inside = flat[(flat >= lo) & (flat <= hi)]
+    below_hi = flat <= hi
+    above = n - int(torch.count_nonzero(below_hi))  # NaN counts as above, as in kthvalue
+    inside = flat[below_hi.logical_and_(flat >= lo)]
     if above < k <= above + inside.numel():
         return torch.kthvalue(inside, inside.numel() - (k - above) + 1).values
     return torch.kthvalue(flat, n - k + 1).values

@@ -77,20 +77,6 @@ def _stage_dtype(items: Items) -> torch.dtype:
     return torch.float64 if torch.float64 in found else torch.float32
 
 
-def _fill(B: torch.Tensor, A: torch.Tensor, items: Items) -> list[float]:
-    """Copy each module's factors side by side into B (n x d x R) and A (n x R x k); the coefficients."""
-    coefs = []
-    for j, (Bs, As, cs) in enumerate(items):
-        offset = 0
-        for b, a, c in zip(Bs, As, cs):
-            r = b.shape[1]
-            B[j, :, offset:offset + r].copy_(b)
-            A[j, offset:offset + r].copy_(a)
-            offset += r
-            coefs.extend([float(c)] * r)
-    return coefs
-
-
 def _stack(items: Items, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stacked factors in float64 on `device` (n x d x R, n x R x k) and each column's coefficient (n x R).
 
@@ -116,7 +102,16 @@ def _packed(items: Items, dtype: torch.dtype, device: torch.device, pin: bool = 
     n, d, k, R = len(items), Bs0[0].shape[0], As0[0].shape[1], sum(b.shape[1] for b in Bs0)
     B = torch.empty(n, d, R, dtype=dtype, device=device, pin_memory=pin)
     A = torch.empty(n, R, k, dtype=dtype, device=device, pin_memory=pin)
-    return B, A, _fill(B, A, items)
+    coefs = []
+    for j, (Bs, As, cs) in enumerate(items):
+        offset = 0
+        for b, a, c in zip(Bs, As, cs):
+            r = b.shape[1]
+            B[j, :, offset:offset + r].copy_(b)
+            A[j, offset:offset + r].copy_(a)
+            offset += r
+            coefs.extend([float(c)] * r)
+    return B, A, coefs
 
 
 def _scales(items: Items, nb2: list[list[float]], na2: list[list[float]]) -> list[float]:
