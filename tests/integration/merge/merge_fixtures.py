@@ -6,6 +6,7 @@ import os
 import warnings
 from pathlib import Path
 
+from tests.support.adapters import save_peft_lora
 from tests.support.tiny_models import tiny_gpt2, tiny_llama
 
 LLAMA_BASE = "tiny-llama-64"
@@ -43,25 +44,9 @@ BASES = {"llama": llama, "gpt2": gpt2, "llama_wide": llama_wide, "llama_vocab": 
 def save_adapter(directory: Path, family: str, *, seed: int, base_name: str | None = None,
                  dtype=None, readme: str | None = None, **config_kwargs) -> Path:
     """Let PEFT build and save a LoRA (random, non-zero B) on a tiny base model."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    model = BASES[family](0)
-    config = LoraConfig(init_lora_weights=False, **config_kwargs)
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        peft_model = get_peft_model(model, config)
-        peft_model.peft_config["default"].base_model_name_or_path = base_name or (
-            LLAMA_BASE if family.startswith("llama") else GPT2_BASE)
-        if dtype is not None:
-            peft_model = peft_model.to(dtype)
-        peft_model.save_pretrained(str(directory))
-    if readme is not None:
-        (directory / "README.md").write_text(readme)
-    elif (directory / "README.md").exists():
-        (directory / "README.md").unlink()
-    return directory
+    return save_peft_lora(directory, BASES[family](0), seed=seed, dtype=dtype, readme=readme,
+                          base_name=base_name or (LLAMA_BASE if family.startswith("llama")
+                                                  else GPT2_BASE), **config_kwargs)
 
 
 def peft_deltas(family: str, folder: Path) -> dict:
