@@ -106,8 +106,12 @@ def _warm_up(device: str) -> None:
     """Load the linear-algebra kernels once, as a long-running merge worker would have."""
     import torch
 
-    x = torch.randn(64, 8, device=device, dtype=torch.float64)
-    torch.linalg.eigh(x.T @ x)  # the exact linear path: float64 Gram matrices and eigh
+    for where in {"cpu", device}:  # the R x R steps run on the host beside a GPU for small R
+        x = torch.randn(64, 8, device=where, dtype=torch.float64)
+        G = x.T @ x  # the exact linear path: float64 Gram matrices, Cholesky, eigh
+        L, _ = torch.linalg.cholesky_ex(G)
+        torch.linalg.solve_triangular(L, torch.eye(8, device=where, dtype=torch.float64), upper=False)
+        torch.linalg.eigh(G)
     torch.linalg.svd(torch.randn(64, 32, device=device), full_matrices=False)
 
 
@@ -117,6 +121,10 @@ def worker_merge(task: dict) -> dict:
 
     from hub.merge import MergeSpec, SourceSpec, merge_to_folder
 
+    if task.get("host_core_max_rank") is not None:
+        from hub.merge import factored
+
+        factored.HOST_CORE_MAX_RANK = task["host_core_max_rank"]
     _warm_up(task["device"])
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if task["device"] == "cuda":
@@ -324,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=None)
     parser.add_argument("--profile", action="store_true",
                         help="also run the first linear row once under cProfile and print its top functions")
+    parser.add_argument("--core-ab", action="store_true",
+                        help="on cuda, also time each linear row with every R x R step on the GPU "
+                             "(HOST_CORE_MAX_RANK = 0), alternating with the default runs")
     parser.add_argument("--tmp", default=None, help="where the synthetic adapters go")
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -357,12 +368,16 @@ def main(argv: list[str] | None = None) -> int:
             in_mb = sum((Path(s) / "adapter_model.safetensors").stat().st_size for s in srcs) / 2**20
             out = str(root / "out")
             base = {"sources": srcs, "device": args.device, "out": out}
-            ours, floor = [], []
+            ours, floor, on_device = [], [], []
+            core_ab = args.core_ab and args.device == "cuda"
             # Timed runs do not sample memory (reading /proc every few ms costs real time on
             # some kernels); one more run samples it for the memory column.
             memory = run_worker({**base, "kind": "merge", "method": "linear", "rank": 16})
             for _ in range(repeat):
                 ours.append(run_worker({**base, "kind": "merge", "method": "linear", "rank": 16, "sample": False}))
+                if core_ab:
+                    on_device.append(run_worker({**base, "kind": "merge", "method": "linear", "rank": 16,
+                                                 "sample": False, "host_core_max_rank": 0}))
                 floor.append(run_worker({**base, "kind": "io_floor", "out": str(root / "floor.st"),
                                          "template": str(Path(out) / "adapter_model.safetensors")}))
             if args.profile and profile_text is None:
@@ -375,6 +390,12 @@ def main(argv: list[str] | None = None) -> int:
                          f"io floor {t_floor:.2f}", f"{t_ours / t_floor:.2f}x", fmt_mem(memory),
                          f"{ours[0]['energy_min']:.4f}", f"in {in_mb:.0f} MiB"])
             print("  " + " | ".join(rows[-1]), flush=True)
+            if core_ab:
+                t_dev = statistics.median(x["time"] for x in on_device)
+                rows.append(["  same, R x R steps on the GPU", f"{n} x r{r}", f"{t_dev:.2f}",
+                             f"io floor {t_floor:.2f}", f"{t_dev / t_floor:.2f}x", "", "",
+                             f"host core {t_dev / t_ours:.2f}x faster"])
+                print("  " + " | ".join(rows[-1]), flush=True)
             if (n, r) in dense_configs:
                 for method in ("ties", "dare_ties"):
                     runs = [run_worker({**base, "kind": "merge", "method": method, "rank": 16,

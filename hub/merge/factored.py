@@ -1,9 +1,10 @@
 """Exact linear merging in factored form: never forms a d x k matrix.
 
-`sum_i c_i B_i A_i = B A` with `B = [c_i B_i]` (d x R) and `A = [A_i]` (R x k). With the
-Gram matrix `B^T B = V L V^T`, `Q = B V L^(-1/2)` has orthonormal columns and
-`B A = Q Z` with `Z = L^(1/2) V^T A` (R x k); the eigendecomposition of the small
-`Z Z^T = U S^2 U^T` then gives the SVD of the sum, `B A = (Q U) S (Z^T U S^-1)^T`.
+`sum_i c_i B_i A_i = B A` with `B = [c_i B_i]` (d x R) and `A = [A_i]` (R x k). Factor the
+Gram matrix `B^T B = W W^T` (Cholesky where B is well conditioned, else an eigendecomposition
+that drops directions under its rounding floor); then `Q = B W^-T` has orthonormal columns
+and `B A = Q Z` with `Z = W^T A` (R x k). The eigendecomposition of the small
+`Z Z^T = W^T (A A^T) W = U S^2 U^T` gives the SVD of the sum, `B A = (Q U) S (Z^T U S^-1)^T`.
 Cost O((d + k) R^2) instead of O(d k min(d, k)), all of it in matrix products: unlike a
 Householder QR of the tall d x R factors (BLAS-2 bound on a CPU), Gram matrices run at
 GEMM speed. They are accumulated in float64, so squaring loses only what lies below
@@ -66,6 +67,57 @@ def _eigh_desc(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return lam.flip(-1).clamp_min(0.0), V.flip(-1)
 
 
+#: The Cholesky whitening is taken where `|L|_F^2 |L^-1|_F^2`, an upper bound on cond(B)^2,
+#: stays under this: CholeskyQR loses ~eps64 cond(B)^2 ~ 1e-9 of orthogonality there, far
+#: under float32 output precision. Worse-conditioned (or rank-deficient) stacks, such as an
+#: adapter merged with itself, take the eigendecomposition, which drops what is noise.
+CHOLESKY_COND2_MAX = 1e7
+
+#: On a GPU the R x R steps (Cholesky, eigh) of modules whose stacked rank is at most this run
+#: on the host: torch's CUDA eigh solves matrices above 32 x 32 one cuSOLVER call at a time
+#: (pytorch/pytorch#175585), milliseconds each, where LAPACK takes 0.2 ms at R = 48 and
+#: 1.5 ms at R = 128. Larger cores stay on the device (49 ms per eigh at R = 512 on one core).
+HOST_CORE_MAX_RANK = 128
+
+
+def _core_device(device: torch.device, R: int) -> torch.device:
+    """Where a batch's R x R work runs: the host for small cores on a GPU, else `device`."""
+    if device.type != "cpu" and R <= HOST_CORE_MAX_RANK:
+        return torch.device("cpu")
+    return device
+
+
+def _whiten(G: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, P) with `G ~= W W^T` and `P = pinv(W)^T`, for a batch of Gram matrices `G = B^T B`.
+
+    `B P` then has orthonormal columns and `B P W^T = B`, up to the directions dropped.
+    Cholesky (`W = L`, `P = L^-T`, ~15x cheaper than eigh) where B is well conditioned;
+    elsewhere `W = V L^(1/2)` from the eigendecomposition, without the directions under the
+    Gram's rounding floor (~(d + R) eps64 of its trace): they carry at most sqrt of that
+    (~1e-7) of the product, and L^(-1/2) would only amplify their noise.
+    """
+    n, R, _ = G.shape
+    L, info = torch.linalg.cholesky_ex(G)
+    eye = torch.eye(R, dtype=G.dtype, device=G.device).expand(n, R, R)
+    L_inv = torch.linalg.solve_triangular(L, eye, upper=False)
+    cond2 = L.square().sum((-2, -1)) * L_inv.square().sum((-2, -1))
+    chol = (info == 0) & (cond2 <= CHOLESKY_COND2_MAX)  # NaN (a failed factor) compares False
+    W, P = L, L_inv.mT
+    if bool(chol.all()):
+        return W, P
+    rest = (~chol).nonzero().squeeze(1)
+    G_rest = G[rest]
+    lam, V = _eigh_desc(G_rest)
+    floor = (d + R) * torch.finfo(G.dtype).eps * G_rest.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
+    kept = lam > floor
+    root = torch.where(kept, lam.sqrt(), 0.0)
+    inv_root = torch.where(kept, 1.0 / root.where(kept, 1.0), 0.0)
+    W, P = W.clone(), P.clone()
+    W[rest] = V * root[:, None, :]
+    P[rest] = V * inv_root[:, None, :]
+    return W, P
+
+
 Items = list[tuple[list[torch.Tensor], list[torch.Tensor], list[float]]]
 
 
@@ -78,7 +130,7 @@ def _stage_dtype(items: Items) -> torch.dtype:
 
 
 def _stack(items: Items, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stacked factors in float64 on `device` (n x d x R, n x R x k) and each column's coefficient (n x R).
+    """Stacked factors in float64 on `device` (n x d x R, n x R x k); each column's coefficient (n x R, host).
 
     Factors already on `device` are widened straight to float64 in one copy. Factors on the
     host bound for a GPU are first packed in their stored dtype into one pinned buffer, so a
@@ -91,7 +143,7 @@ def _stack(items: Items, device: torch.device) -> tuple[torch.Tensor, torch.Tens
         B_host, A_host, coefs = _packed(items, _stage_dtype(items), torch.device("cpu"), pin)
         B = B_host.to(device, non_blocking=pin).to(torch.float64)
         A = A_host.to(device, non_blocking=pin).to(torch.float64)
-    coef = torch.tensor(coefs, dtype=torch.float64).view(B.shape[0], B.shape[2]).to(device)
+    coef = torch.tensor(coefs, dtype=torch.float64).view(B.shape[0], B.shape[2])
     return B, A, coef
 
 
@@ -137,8 +189,8 @@ def factored_sum_batched(items: Items, rank: int | None = None,
                          device: torch.device | None = None) -> list[LowRank]:
     """`factored_sum` for several modules whose stacked factors share one shape (d x R, R x k).
 
-    One batched GEMM / eigh call per step instead of one per module: on a GPU this removes
-    the per-call launch overhead that dominates at LoRA sizes. Factors may be in any float
+    One batched GEMM / Cholesky / eigh call per step instead of one per module: on a GPU
+    this removes the per-call launch overhead that dominates at LoRA sizes. Factors may be in any float
     dtype and on the host or on `device` (default: where the factors are); the results are
     float32 on `device`.
     """
@@ -146,8 +198,9 @@ def factored_sum_batched(items: Items, rank: int | None = None,
     B, A, coef = _stack(items, device)
     n, d, R = B.shape
     k = A.shape[2]
-    eps = torch.finfo(torch.float64).eps
-    Gb, Ga = B.mT @ B, A @ A.mT
+    # The products with the tall factors run on `device`; everything R x R runs on `core`.
+    core = _core_device(device, R)
+    Gb, Ga, coef = (B.mT @ B).to(core), (A @ A.mT).to(core), coef.to(core)
     nb2, na2 = Gb.diagonal(dim1=-2, dim2=-1), Ga.diagonal(dim1=-2, dim2=-1)
     # NaN/inf anywhere in a factor reaches its column's squared norm (float64 cannot overflow
     # on float32 inputs); such modules get NaN singular values for the caller to refuse.
@@ -161,17 +214,11 @@ def factored_sum_batched(items: Items, rank: int | None = None,
     da = torch.where(live, 1.0 / ratio, 0.0)
     Gb = torch.where(bad[:, None, None], 0.0, db[:, :, None] * Gb * db[:, None, :])
     Ga = torch.where(bad[:, None, None], 0.0, da[:, :, None] * Ga * da[:, None, :])
-    host = torch.cat([nb2, na2], dim=1).cpu()  # one transfer for the norms and the bad flags
+    host = torch.cat([nb2, na2], dim=1).cpu()  # one transfer (if any) for the norms and the bad flags
     scales = _scales(items, host[:, :R].tolist(), host[:, R:].tolist())
 
-    lam, V = _eigh_desc(Gb)
-    # Directions of B under the Gram's rounding floor (~(d + R) eps64 of its trace) carry at
-    # most sqrt of that (~1e-7) of the product, and L^(-1/2) would only amplify their noise.
-    floor = (d + R) * eps * Gb.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
-    kept_b = lam > floor
-    root = torch.where(kept_b, lam.sqrt(), 0.0)
-    W = V * root[:, None, :]  # V L^(1/2): Z = W^T A, so Z Z^T = W^T Ga W
-    mu, U = _eigh_desc(W.mT @ Ga @ W)
+    W, P = _whiten(Gb, d)
+    mu, U = _eigh_desc(W.mT @ Ga @ W)  # Z Z^T, Z = W^T Da A
     S = torch.where(bad[:, None], float("nan"), mu.sqrt())
     S_cpu = S.cpu()
     exact = [numerical_rank(S_cpu[j], (d, k), scales[j]) for j in range(n)]
@@ -181,13 +228,12 @@ def factored_sum_batched(items: Items, rank: int | None = None,
     Ut, St = U[:, :, :top], S[:, :top].nan_to_num(0.0)
     half = St.sqrt()
     inv_half = torch.where(St > 0, 1.0 / half.where(St > 0, 1.0), 0.0)
-    inv_root = torch.where(kept_b, 1.0 / root.where(kept_b, 1.0), 0.0)
     # Balanced factors (sqrt(S) on each side) keep half-precision outputs in range:
-    # B' = B Db V L^(-1/2) U_r S_r^(1/2) and A' = S_r^(-1/2) U_r^T L^(1/2) V^T Da A, formed as
-    # R x r transforms and applied in float64: their entries grow where B's columns nearly
-    # cancel, and float64 keeps that cancellation exact far below float32 output precision.
-    Tb = db[:, :, None] * ((V * inv_root[:, None, :]) @ Ut) * half[:, None, :]
-    Ta = (inv_half[:, :, None] * (Ut.mT @ W.mT)) * da[:, None, :]
+    # B' = B Db P U_r S_r^(1/2) and A' = S_r^(-1/2) U_r^T W^T Da A, formed as R x r transforms
+    # and applied in float64: their entries grow where B's columns nearly cancel, and
+    # float64 keeps that cancellation exact far below float32 output precision.
+    Tb = (db[:, :, None] * (P @ Ut) * half[:, None, :]).to(device)
+    Ta = ((inv_half[:, :, None] * (Ut.mT @ W.mT)) * da[:, None, :]).to(device)
     B_all = (B @ Tb).float()
     A_all = (Ta @ A).float()
     del B, A

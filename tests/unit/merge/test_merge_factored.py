@@ -133,14 +133,18 @@ def test_batched_modules_give_the_same_factors_as_one_at_a_time(count, seed, ran
         torch.testing.assert_close(low.dense(), alone.dense(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("core", ["auto", "device"])
 @pytest.mark.parametrize("dtypes", [
     (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
     (torch.float16, torch.bfloat16), (torch.float16, torch.float64)])
-def test_host_factors_are_merged_on_the_device_exactly_as_factors_already_there(dtypes):
+def test_host_factors_are_merged_on_the_device_exactly_as_factors_already_there(monkeypatch, dtypes, core):
     # The engine reads factors on the host and lets factored_sum_batched move them: packed
     # in the stored dtype (one transfer per batch) on a GPU, widened in place on the CPU.
     # The transfer branch runs under LORASTACK_TEST_DEVICE=cuda (bench/gpu_check.sh); the
-    # packing it relies on is checked on the CPU below.
+    # packing it relies on is checked on the CPU below. On a GPU, "auto" runs the R x R
+    # steps on the host and "device" keeps them on the GPU (both are the CPU path here).
+    if core == "device":
+        monkeypatch.setattr("hub.merge.factored.HOST_CORE_MAX_RANK", 0)
     g = torch.Generator().manual_seed(11)
     items = []
     for _ in range(3):
@@ -316,3 +320,90 @@ def test_non_finite_factors_give_nan_singular_values_without_spoiling_the_batch(
         assert bad.singular_values.isnan().all()
         assert ok.rank == 2 and torch.isfinite(ok.singular_values).all()
         torch.testing.assert_close(ok.dense(), factored_sum(*good, rank=2).dense())
+
+
+def _eigh_calls(monkeypatch) -> list[int]:
+    """Count the batched eigendecompositions: one per batch on the Cholesky path, two on the
+    eigendecomposition path (whitening, then the core)."""
+    from hub.merge import factored
+
+    calls: list[int] = []
+    real = factored._eigh_desc
+
+    def counted(G):
+        calls.append(G.shape[0])
+        return real(G)
+
+    monkeypatch.setattr(factored, "_eigh_desc", counted)
+    return calls
+
+
+def _graded(d, k, top, bottom, seed):
+    """B with singular values from 10^top down to 10^bottom, and a random A, as one source."""
+    g = torch.Generator().manual_seed(seed)
+    r = 8
+    U = torch.linalg.qr(torch.randn(d, r, generator=g, dtype=torch.float64)).Q
+    B = U * torch.logspace(top, bottom, r, dtype=torch.float64)
+    return B.float(), torch.randn(r, k, generator=g)
+
+
+@pytest.mark.parametrize("bottom", [0.0, -1.0, -2.5])
+@pytest.mark.parametrize("rank", [None, 3])
+def test_well_conditioned_stacks_take_cholesky_and_match_the_float64_truncation(monkeypatch, bottom, rank):
+    # cond(B)^2 up to ~1e5 * R: under CHOLESKY_COND2_MAX, so one eigh per batch (the core).
+    b, a = _graded(60, 50, 0.0, bottom, seed=4)
+    b2, a2 = _graded(60, 50, 0.5, -1.0, seed=5)
+    Bs, As, coefs = [b.to(DEVICE), b2.to(DEVICE)], [a.to(DEVICE), a2.to(DEVICE)], [1.0, -0.4]
+    calls = _eigh_calls(monkeypatch)
+    low = factored_sum(Bs, As, coefs, rank=rank)
+    assert calls == [1]
+    expected = _dense(Bs, As, coefs)
+    S = torch.linalg.svdvals(expected).cpu()
+    bound = _bound(Bs, As, coefs)
+    keep = 16 if rank is None else rank
+    assert low.rank == keep
+    assert float((low.singular_values[:16].double().cpu() - S[:16]).abs().max()) <= 1e-7 * bound
+    error = float((low.dense().double() - expected).norm())
+    assert abs(error - float(S[keep:].pow(2).sum().sqrt())) <= 1e-6 * bound
+
+
+def test_ill_conditioned_and_rank_deficient_stacks_take_the_eigendecomposition(monkeypatch):
+    g = torch.Generator().manual_seed(9)
+    b, a = torch.randn(40, 4, generator=g), torch.randn(4, 30, generator=g)
+    near = b + 1e-4 * torch.randn(40, 4, generator=g)  # cond(B)^2 ~ 1e9 whatever the column scaling
+    a2 = torch.randn(4, 30, generator=g)
+    calls = _eigh_calls(monkeypatch)
+    assert factored_sum([b, b], [a, a], [1.0, 0.5]).rank == 4  # the same B twice: singular Gram
+    assert calls == [1, 1]
+    calls.clear()
+    Bs, As, coefs = [b, near], [a, a2], [1.0, -1.0]
+    low = factored_sum(Bs, As, coefs)
+    assert calls == [1, 1]
+    expected = _dense(Bs, As, coefs)
+    S = torch.linalg.svdvals(expected)
+    assert low.rank == numerical_rank(S, tuple(expected.shape), _bound(Bs, As, coefs))
+    error = float((low.dense().double() - expected).norm())
+    assert error <= float(S[low.rank:].pow(2).sum().sqrt()) + 1e-6 * _bound(Bs, As, coefs)
+
+
+def test_a_batch_mixing_both_whitenings_gives_each_module_its_own_result(monkeypatch):
+    # One module per path in one batch: the eigendecomposition runs on the failing one only.
+    g = torch.Generator().manual_seed(12)
+    b, a = torch.randn(30, 3, generator=g), torch.randn(3, 20, generator=g)
+    b2, a2 = torch.randn(30, 3, generator=g), torch.randn(3, 20, generator=g)
+    items = [([b, b2], [a, a2], [1.0, 2.0]), ([b, b], [a, a2], [1.0, -1.0]), ([b2, b], [a2, a], [0.5, 1.0])]
+    calls = _eigh_calls(monkeypatch)
+    lows = factored_sum_batched(items, rank=None)
+    assert calls == [1, 3]
+    assert [low.rank for low in lows] == [6, 3, 6]
+    for (Bs, As, coefs), low in zip(items, lows):
+        torch.testing.assert_close(low.dense().double(), _dense(Bs, As, coefs), rtol=0, atol=1e-5)
+
+
+def test_small_cores_run_on_the_host_only_beside_a_gpu():
+    from hub.merge.factored import HOST_CORE_MAX_RANK, _core_device
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert _core_device(cpu, 8) == cpu and _core_device(cpu, 4096) == cpu
+    assert _core_device(cuda, HOST_CORE_MAX_RANK) == cpu
+    assert _core_device(cuda, HOST_CORE_MAX_RANK + 1) == cuda
