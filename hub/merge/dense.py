@@ -79,7 +79,8 @@ def _bracketed_kth_largest(flat: torch.Tensor, k: int, sample_size: int = 1 << 1
 def magnitude_prune(t: torch.Tensor, density: float) -> torch.Tensor:
     """Keep the int(density * numel) largest-magnitude entries (PEFT's magnitude pruning).
 
-    `t` is pruned in place and returned.
+    `t` is pruned in place where entries are kept (use the returned tensor: with none kept
+    it is a new zero tensor).
     """
     if density >= 1:
         return t

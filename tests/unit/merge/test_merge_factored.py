@@ -248,8 +248,9 @@ def test_exact_sum_matches_float64_dense_sum_at_any_scale_and_dtype_and_beats_qr
     if float(expected.norm()) >= 0.1 * bound:
         assert error <= tail + 1e-5 * float(expected.norm())
     qr_error = float((_qr_reference(Bs, As, coefs) - expected).norm())
-    # The reference stays in float64; our factors are rounded to float32 (2^-24 each, so
-    # up to ~1.2e-7 of a 1 x 1 product: hypothesis found c = -100, b = 0.6614, a = 0.2669).
+    # The reference stays in float64; our factors are rounded to float32 and multiplied in
+    # float32 by low.dense(): three roundings of 2^-24, up to ~1.8e-7 of a 1 x 1 product
+    # (hypothesis found one near c = -100, b = 0.6614, a = 0.2669).
     assert error <= 2 * qr_error + 2.5e-7 * bound
 
 
