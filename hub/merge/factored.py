@@ -92,10 +92,10 @@ def _whiten(G: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     `B P` then has orthonormal columns and `B P W^T = B`, up to the directions dropped.
     Cholesky (`W = L`, `P = L^-T`; with the inverse 3-6x cheaper than eigh, R = 512 to 48)
-    where B is well conditioned;
-    elsewhere `W = V L^(1/2)` from the eigendecomposition, without the directions under the
-    Gram's rounding floor (~(d + R) eps64 of its trace): they carry at most sqrt of that
-    (~1e-7) of the product, and L^(-1/2) would only amplify their noise.
+    where B is well conditioned; elsewhere `W = V L^(1/2)` from the eigendecomposition,
+    without the directions under the Gram's rounding floor (~(d + R) eps64 of its trace):
+    they carry at most sqrt of that (~1e-7) of the product, and L^(-1/2) would only amplify
+    their noise.
     """
     n, R, _ = G.shape
     L, info = torch.linalg.cholesky_ex(G)
@@ -191,9 +191,9 @@ def factored_sum_batched(items: Items, rank: int | None = None,
     """`factored_sum` for several modules whose stacked factors share one shape (d x R, R x k).
 
     One batched GEMM / Cholesky / eigh call per step instead of one per module: on a GPU
-    this removes the per-call launch overhead that dominates at LoRA sizes. Factors may be in any float
-    dtype and on the host or on `device` (default: where the factors are); the results'
-    factors are float32 on `device`, their singular values float32 on the host.
+    this removes the per-call launch overhead that dominates at LoRA sizes. Factors may be
+    in any float dtype and on the host or on `device` (default: where the factors are); the
+    results' factors are float32 on `device`, their singular values float32 on the host.
     """
     device = items[0][0][0].device if device is None else torch.device(device)
     B, A, coef = _stack(items, device)
