@@ -180,7 +180,8 @@ def _truncation_vs_exact(sources, spec, module_suffix: str) -> float:
     device = engine.resolve_device(spec.device)
     factors = [loaded[i].factors(ref, device) for i, ref in plan.parts]
     merged = dense.combine(spec.canonical_method,
-                           lambda j: (plan.parts[j][1].scale * factors[j][1]) @ factors[j][0],
+                           lambda j, lo, hi: (plan.parts[j][1].scale * factors[j][1][lo:hi]) @ factors[j][0],
+                           (factors[0][1].shape[0], factors[0][0].shape[1]),
                            [loaded[i].weight for i, _ in plan.parts], spec.density,
                            spec.majority_sign_method, spec.seed, plan.name)
     low = dense.truncate(merged, spec.rank, plan.rank_in, seed=spec.seed)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
 from hub.merge.factored import LowRank, energy_fraction, split_factors
 
-#: Above this many bytes of pruned updates per module, recompute instead of caching.
+#: Above this many bytes of pruned updates per module, DARE-TIES recomputes instead of caching.
 CACHE_BYTES = {"cpu": 1 << 30, "cuda": 8 << 30}
+#: TIES merges blocks of rows of about this many bytes (all sources together): cache-sized on
+#: a CPU; on a GPU, whole modules at LLaMA-7B sizes.
+BLOCK_BYTES = {"cpu": 4 << 20, "cuda": 2 << 30}
 #: The randomized truncation is kept when its relative error is within this factor of
 #: a certified bound on the exact truncation's error.
 RANDOMIZED_TOLERANCE = 1.01
@@ -76,27 +79,43 @@ def _bracketed_kth_largest(flat: torch.Tensor, k: int, sample_size: int = 1 << 1
     return torch.kthvalue(flat, n - k + 1).values
 
 
-def magnitude_prune(t: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the int(density * numel) largest-magnitude entries (PEFT's magnitude pruning).
+def _magnitude_cut(flat_abs: torch.Tensor, density: float) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(threshold, flat indices to drop though at it) keeping int(density * numel) magnitudes.
 
-    `t` is pruned in place where entries are kept (use the returned tensor: with none kept
-    it is a new zero tensor).
+    Magnitudes equal to the threshold beyond that count are dropped from the last in index
+    order, so exactly k are kept. A None threshold keeps nothing.
     """
+    k = int(density * flat_abs.numel())
+    if k <= 0:
+        return None, flat_abs.new_empty(0, dtype=torch.long)
+    threshold = kth_largest(flat_abs, k)
+    excess = int(torch.count_nonzero(flat_abs >= threshold)) - k
+    if excess <= 0:
+        return threshold, flat_abs.new_empty(0, dtype=torch.long)
+    ties = (flat_abs == threshold).nonzero().reshape(-1)
+    return threshold, ties[ties.numel() - excess:]
+
+
+def _prune_below(t: torch.Tensor, threshold: torch.Tensor | None, drop: torch.Tensor, start: int = 0
+                 ) -> torch.Tensor:
+    """Zero `t` in place where |t| < threshold, and at the `drop` indices (flat, counted from
+    `start`, t's first entry's index in the whole update). In place: 1.4x faster than
+    torch.where's new tensor, same bits."""
+    if threshold is None:
+        return t.zero_()
+    mask = t.abs() >= threshold
+    if drop.numel():
+        local = drop[(drop >= start) & (drop < start + t.numel())] - start
+        mask.view(-1)[local] = False
+    return t.masked_fill_(mask.logical_not_(), 0.0)
+
+
+def magnitude_prune(t: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the int(density * numel) largest-magnitude entries (PEFT's magnitude pruning), in place."""
     if density >= 1:
         return t
-    k = int(density * t.numel())
-    if k <= 0:
-        return torch.zeros_like(t)
-    flat = t.abs().reshape(-1)
-    threshold = kth_largest(flat, k)
-    mask = flat >= threshold
-    excess = int(torch.count_nonzero(mask)) - k
-    if excess > 0:
-        # Magnitudes equal to the threshold: keep the first ones in index order, exactly k in all.
-        ties = (flat == threshold).nonzero().reshape(-1)
-        mask[ties[ties.numel() - excess:]] = False
-    # In place on the caller's fresh update: 1.4x faster than torch.where's new tensor, same bits.
-    return t.masked_fill_(mask.logical_not_().reshape(t.shape), 0.0)
+    threshold, drop = _magnitude_cut(t.abs().reshape(-1), density)
+    return _prune_below(t, threshold, drop)
 
 
 def random_prune(t: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
@@ -107,14 +126,21 @@ def random_prune(t: torch.Tensor, density: float, generator: torch.Generator) ->
     return t.mul_(mask).div_(density)  # in place, as magnitude_prune
 
 
-def combine(method: str, delta: Callable[[int], torch.Tensor], weights: list[float], density: float,
-            sign_method: str = "total", seed: int = 0, module: str = "") -> torch.Tensor:
-    """The merged dense update of one module; `delta(i)` gives source i's dW_i as a new
-    tensor each call (it is pruned in place)."""
+def combine(method: str, delta: Callable[[int, int, int], torch.Tensor], shape: tuple[int, int],
+            weights: list[float], density: float, sign_method: str = "total", seed: int = 0,
+            module: str = "", block_rows: int | None = None) -> torch.Tensor:
+    """The merged dense update of one module.
+
+    `delta(i, lo, hi)` gives rows lo:hi of source i's `dW_i` (of `shape`) as a new tensor
+    each call: it is pruned in place. TIES goes by blocks of rows (`block_rows`, default
+    from BLOCK_BYTES); the other methods take whole updates.
+    """
     n = len(weights)
+    if method == "ties":
+        return _ties_by_blocks(delta, shape, weights, density, sign_method, block_rows)
 
     def pruned(i: int) -> torch.Tensor:
-        t = delta(i)
+        t = delta(i, 0, shape[0])
         if method in ("dare_linear", "dare_ties"):
             g = torch.Generator(device=t.device)
             g.manual_seed(source_seed(seed, module, i))
@@ -127,8 +153,10 @@ def combine(method: str, delta: Callable[[int], torch.Tensor], weights: list[flo
             term = pruned(i).mul_(weights[i])
             total = term if total is None else total.add_(term)
         return total
-    if method not in ("ties", "dare_ties"):
+    if method != "dare_ties":
         raise ValueError(f"not a dense method: {method}")
+    # DARE's masks are drawn over whole updates (the seeded stream PEFT's parity rests on),
+    # so dare_ties streams whole pruned updates, cached while they fit CACHE_BYTES.
     cache: list[torch.Tensor] | None = []
     elect = None
     for i in range(n):
@@ -140,24 +168,76 @@ def combine(method: str, delta: Callable[[int], torch.Tensor], weights: list[flo
                 cache.append(p)
             else:
                 cache = None
-    # Booleans and a small integer count instead of float tensors: a 4096 x 11008 module
-    # saves ~300 MB of working set.
-    positive = elect >= 0
-    del elect
+    return _disjoint_mean((cache[i] if cache is not None else pruned(i) for i in range(n)),
+                          weights, elect >= 0)
+
+
+def _disjoint_mean(pruned: Iterable[torch.Tensor], weights: list[float], positive: torch.Tensor
+                   ) -> torch.Tensor:
+    """TIES's disjoint merge: per entry, the weighted sum of the updates whose sign is the
+    elected one (`positive`: elected sign >= 0), over how many they are."""
     negative = ~positive
     numerator = None
-    count = torch.zeros(positive.shape, dtype=torch.uint8 if n < 256 else torch.int32,
+    # Booleans and a small integer count instead of float tensors: a 4096 x 11008 module
+    # saves ~300 MB of working set.
+    count = torch.zeros(positive.shape, dtype=torch.uint8 if len(weights) < 256 else torch.int32,
                         device=positive.device)
-    for i in range(n):
-        p = cache[i] if cache is not None else pruned(i)
+    for p, weight in zip(pruned, weights):
         # sign(p) == the majority sign (zeros never agree); in place and fused: no new
         # d x k float tensor per source (2.4x faster than torch.where on a CPU, same bits).
         agree = (p > 0).logical_and_(positive).logical_or_((p < 0).logical_and_(negative))
         if numerator is None:
             numerator = torch.zeros_like(p)
-        numerator.addcmul_(p, agree, value=weights[i])
+        numerator.addcmul_(p, agree, value=weight)
         count.add_(agree)
     return numerator.div_(count.clamp_(min=1))
+
+
+def _ties_by_blocks(delta: Callable[[int, int, int], torch.Tensor], shape: tuple[int, int],
+                    weights: list[float], density: float, sign_method: str,
+                    block_rows: int | None) -> torch.Tensor:
+    """TIES one block of rows at a time, every source's block recomputed from its factors.
+
+    A first pass per source finds its magnitude threshold over the whole update (from the
+    same blocks, so the same bits); the second prunes, elects and merges each block while it
+    is in cache: 1.6x faster on a 4096 x 11008 update on a CPU than whole-update passes, and
+    one d x k update (plus the magnitudes of one source) instead of all the sources' at once.
+    """
+    rows, cols = shape
+    n = len(weights)
+    if block_rows is None:
+        probe = delta(0, 0, min(rows, 1))  # one row: where and in what the updates come
+        budget = BLOCK_BYTES.get(probe.device.type, BLOCK_BYTES["cpu"])
+        block_rows = max(1, budget // max(1, n * cols * probe.element_size()))
+    spans = [(lo, min(rows, lo + block_rows)) for lo in range(0, rows, block_rows)]
+    cuts: list[tuple[torch.Tensor | None, torch.Tensor] | None] = []
+    for i in range(n):
+        if density >= 1:
+            cuts.append(None)
+            continue
+        magnitudes = None
+        for lo, hi in spans:
+            block = delta(i, lo, hi).abs_()
+            if magnitudes is None:
+                magnitudes = torch.empty(rows, cols, dtype=block.dtype, device=block.device)
+            magnitudes[lo:hi] = block
+        cuts.append(_magnitude_cut(magnitudes.reshape(-1), density))
+        del magnitudes
+    out = None
+    for lo, hi in spans:
+        pruned = []
+        for i in range(n):
+            p = delta(i, lo, hi)
+            pruned.append(p if cuts[i] is None else _prune_below(p, *cuts[i], start=lo * cols))
+        elect = None
+        for p in pruned:
+            contribution = p if sign_method == "total" else p.sign()
+            elect = contribution.clone() if elect is None else elect.add_(contribution)
+        merged = _disjoint_mean(pruned, weights, elect >= 0)
+        if out is None:
+            out = torch.empty(rows, cols, dtype=merged.dtype, device=merged.device)
+        out[lo:hi] = merged
+    return out
 
 
 def _residual_norm_estimate(M: torch.Tensor, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor,

@@ -112,11 +112,12 @@ def _merge_module(plan: ModulePlan, sources: list[LoraSource], spec: MergeSpec,
             total = term if total is None else total.add_(term)
         return None, total
 
-    def delta(j: int) -> torch.Tensor:
+    def delta(j: int, lo: int, hi: int) -> torch.Tensor:  # rows lo:hi of dW_j = s_j B_j A_j
         a, b = factors[j]
-        return (plan.parts[j][1].scale * b) @ a
+        return (plan.parts[j][1].scale * b[lo:hi]) @ a
 
-    merged = dense.combine(method, delta, weights, spec.density, spec.majority_sign_method,
+    shape = (factors[0][1].shape[0], factors[0][0].shape[1])
+    merged = dense.combine(method, delta, shape, weights, spec.density, spec.majority_sign_method,
                            spec.seed, plan.name)
     if spec.output == "delta" and spec.rank is None:
         return None, merged

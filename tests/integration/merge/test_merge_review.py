@@ -180,7 +180,7 @@ def test_dare_equals_peft_dare_functions_called_directly_with_negative_weights(m
     g = torch.Generator().manual_seed(0)
     dws = [torch.randn(12, 9, generator=g) for _ in range(3)]
     weights = [0.7, -1.3, 0.4]
-    ours = combine(method, lambda i: dws[i].clone(), weights, 0.4, sign, 5, "m")
+    ours = combine(method, lambda i, lo, hi: dws[i][lo:hi].clone(), (12, 9), weights, 0.4, sign, 5, "m")
     seeds, bernoulli = iter([source_seed(5, "m", i) for i in range(3)]), torch.bernoulli
 
     def seeded(p, *args, **kwargs):  # PEFT draws one mask per task tensor, in order, from the global RNG

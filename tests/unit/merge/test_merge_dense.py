@@ -37,19 +37,35 @@ def updates(draw):
     return dws, weights, density
 
 
-def _ours(method, dws, weights, density, sign="total", seed=0, module="m"):
+def _ours(method, dws, weights, density, sign="total", seed=0, module="m", block_rows=None):
     moved = [t.to(DEVICE) for t in dws]
-    return combine(method, lambda i: moved[i].clone(), weights, density, sign, seed, module).cpu()
+    return combine(method, lambda i, lo, hi: moved[i][lo:hi].clone(), tuple(dws[0].shape), weights,
+                   density, sign, seed, module, block_rows).cpu()
 
 
 @FAST
-@given(updates(), st.sampled_from(["total", "frequency"]))
-def test_ties_matches_merge_utils(case, sign):
+@given(updates(), st.sampled_from(["total", "frequency"]), st.sampled_from([None, 1, 3]))
+def test_ties_matches_merge_utils(case, sign, block_rows):
+    # block_rows: TIES goes by blocks of rows; 1 and 3 split these small updates into many.
     dws, weights, density = case
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = merge_utils.ties(dws, torch.tensor(weights), density, sign)
-    torch.testing.assert_close(_ours("ties", dws, weights, density, sign), expected, rtol=1e-5, atol=1e-6)
+    ours = _ours("ties", dws, weights, density, sign, block_rows=block_rows)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("block_rows", [1, 2, 5, 7])
+def test_ties_by_blocks_keeps_exactly_k_per_source_when_ties_straddle_blocks(block_rows):
+    # Integer updates: many magnitudes equal the threshold, on both sides of block edges.
+    g = torch.Generator().manual_seed(8)
+    dws = [torch.randint(-3, 4, (7, 6), generator=g).float() for _ in range(3)]
+    whole = _ours("ties", dws, [1.0, 0.5, -0.7], 0.3, block_rows=7)
+    assert torch.equal(_ours("ties", dws, [1.0, 0.5, -0.7], 0.3, block_rows=block_rows), whole)
+    # One source alone: its pruned update is the merge, with exactly int(0.3 * 42) = 12 kept.
+    alone = _ours("ties", dws[:1], [1.0], 0.3, block_rows=block_rows)
+    assert int(torch.count_nonzero(alone)) == 12
+    torch.testing.assert_close(alone, magnitude_prune(dws[0].clone(), 0.3))
 
 
 @FAST
