@@ -62,10 +62,33 @@ def test_ties_by_blocks_keeps_exactly_k_per_source_when_ties_straddle_blocks(blo
     dws = [torch.randint(-3, 4, (7, 6), generator=g).float() for _ in range(3)]
     whole = _ours("ties", dws, [1.0, 0.5, -0.7], 0.3, block_rows=7)
     assert torch.equal(_ours("ties", dws, [1.0, 0.5, -0.7], 0.3, block_rows=block_rows), whole)
-    # One source alone: its pruned update is the merge, with exactly int(0.3 * 42) = 12 kept.
-    alone = _ours("ties", dws[:1], [1.0], 0.3, block_rows=block_rows)
-    assert int(torch.count_nonzero(alone)) == 12
-    torch.testing.assert_close(alone, magnitude_prune(dws[0].clone(), 0.3))
+    # One source alone: its pruned update is the merge: the int(0.3 * 42) = 12 largest
+    # magnitudes, tied ones kept first in index order (several sources have ties to drop).
+    for dw in dws:
+        values = dw.reshape(-1).tolist()
+        order = sorted(range(len(values)), key=lambda j: (-abs(values[j]), j))[:12]
+        expected = torch.zeros(42)
+        expected[order] = torch.tensor([values[j] for j in order])
+        alone = _ours("ties", [dw], [1.0], 0.3, block_rows=block_rows)
+        assert torch.equal(alone.reshape(-1), expected)
+        assert torch.equal(magnitude_prune(dw.clone(), 0.3).reshape(-1), expected)
+
+
+def test_ties_by_blocks_of_mostly_zero_updates_keeps_the_threshold_cut_small(monkeypatch):
+    # A zero-initialised B makes most magnitudes equal the threshold (0): the cut is one
+    # index, not a list of every tied entry scanned for every block.
+    dws = [torch.zeros(64, 48), torch.randn(64, 48, generator=torch.Generator().manual_seed(2))]
+    cuts = []
+    real = dense._magnitude_cut
+
+    def spy(flat_abs, density):
+        cuts.append(real(flat_abs, density))
+        return cuts[-1]
+
+    monkeypatch.setattr(dense, "_magnitude_cut", spy)
+    ours = _ours("ties", dws, [1.0, 1.0], 0.2, block_rows=5)
+    assert float(cuts[0][0]) == 0.0 and isinstance(cuts[0][1], int)
+    torch.testing.assert_close(ours, magnitude_prune(dws[1].clone(), 0.2))
 
 
 @FAST
