@@ -94,15 +94,16 @@ def _magnitude_cut(flat_abs: torch.Tensor, density: float) -> tuple[torch.Tensor
     return threshold, int(ties[ties.numel() - excess])
 
 
-def _prune_below(t: torch.Tensor, threshold: torch.Tensor | None, cut: int | None, start: int = 0
-                 ) -> torch.Tensor:
+def _prune_below(t: torch.Tensor, threshold: torch.Tensor | None, cut: int | None, start: int = 0,
+                 magnitudes: torch.Tensor | None = None) -> torch.Tensor:
     """Zero the entries of `t` that `_magnitude_cut` does not keep; `start` is the flat index
-    of t's first entry in the whole update. In place when `t` is contiguous (use the returned
-    tensor): 1.4x faster than torch.where's new tensor, same bits."""
+    of t's first entry in the whole update, `magnitudes` its |t| when already at hand. In
+    place when `t` is contiguous (use the returned tensor): 1.4x faster than torch.where's
+    new tensor, same bits."""
     if threshold is None:
         return t.zero_()
     t = t if t.is_contiguous() else t.contiguous()
-    magnitudes = t.abs()
+    magnitudes = t.abs() if magnitudes is None else magnitudes.reshape(t.shape)
     drop = (magnitudes >= threshold).logical_not_()  # NaN is dropped, as kthvalue ranks it
     if cut is not None and cut < start + t.numel():
         tail = slice(max(0, cut - start), None)
@@ -114,7 +115,8 @@ def magnitude_prune(t: torch.Tensor, density: float) -> torch.Tensor:
     """Keep the int(density * numel) largest-magnitude entries (PEFT's magnitude pruning), in place."""
     if density >= 1:
         return t
-    return _prune_below(t, *_magnitude_cut(t.abs().reshape(-1), density))
+    magnitudes = t.abs()
+    return _prune_below(t, *_magnitude_cut(magnitudes.reshape(-1), density), magnitudes=magnitudes)
 
 
 def random_prune(t: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
@@ -157,18 +159,31 @@ def combine(method: str, delta: Callable[[int, int, int], torch.Tensor], shape: 
     # DARE's masks are drawn over whole updates (the seeded stream PEFT's parity rests on),
     # so dare_ties streams whole pruned updates, cached while they fit CACHE_BYTES.
     cache: list[torch.Tensor] | None = []
+
+    def caching():
+        nonlocal cache
+        for i in range(n):
+            p = pruned(i)
+            if cache is not None:
+                if (len(cache) + 1) * p.numel() * p.element_size() <= CACHE_BYTES.get(p.device.type, 0):
+                    cache.append(p)
+                else:
+                    cache = None
+            yield p
+
+    positive = _elected_positive(caching(), sign_method)
+    return _disjoint_mean((cache[i] if cache is not None else pruned(i) for i in range(n)),
+                          weights, positive)
+
+
+def _elected_positive(pruned: Iterable[torch.Tensor], sign_method: str) -> torch.Tensor:
+    """Where TIES's elected sign is >= 0: of the sum of the updates ("total") or of their
+    signs ("frequency")."""
     elect = None
-    for i in range(n):
-        p = pruned(i)
+    for p in pruned:
         contribution = p if sign_method == "total" else p.sign()
         elect = contribution.clone() if elect is None else elect.add_(contribution)
-        if cache is not None:
-            if (len(cache) + 1) * p.numel() * p.element_size() <= CACHE_BYTES.get(p.device.type, 0):
-                cache.append(p)
-            else:
-                cache = None
-    return _disjoint_mean((cache[i] if cache is not None else pruned(i) for i in range(n)),
-                          weights, elect >= 0)
+    return elect >= 0
 
 
 def _disjoint_mean(pruned: Iterable[torch.Tensor], weights: list[float], positive: torch.Tensor
@@ -221,10 +236,10 @@ def _ties_by_blocks(delta: Callable[[int, int, int], torch.Tensor], shape: tuple
             continue
         magnitudes = None
         for lo, hi in spans:
-            block = delta(i, lo, hi).abs_()
+            block = delta(i, lo, hi)
             if magnitudes is None:
                 magnitudes = torch.empty(rows, cols, dtype=block.dtype, device=block.device)
-            magnitudes[lo:hi] = block
+            torch.abs(block, out=magnitudes[lo:hi])
         cuts.append(_magnitude_cut(magnitudes.reshape(-1), density))
         del magnitudes
     out = None
@@ -233,11 +248,7 @@ def _ties_by_blocks(delta: Callable[[int, int, int], torch.Tensor], shape: tuple
         for i in range(n):
             p = delta(i, lo, hi)
             pruned.append(p if cuts[i] is None else _prune_below(p, *cuts[i], start=lo * cols))
-        elect = None
-        for p in pruned:
-            contribution = p if sign_method == "total" else p.sign()
-            elect = contribution.clone() if elect is None else elect.add_(contribution)
-        merged = _disjoint_mean(pruned, weights, elect >= 0)
+        merged = _disjoint_mean(pruned, weights, _elected_positive(pruned, sign_method))
         if len(spans) == 1:
             return merged  # one block (a GPU's budget holds a whole module): no copy
         if out is None:
