@@ -1,25 +1,25 @@
 """TIES, DARE and magnitude merging on one module's dense updates, and their truncation.
 
 The rules are PEFT's `peft.utils.merge_utils`, applied to the updates `dW_i = s_i B_i A_i`
-(not to the factors, which is what PEFT's non-svd variants do). Sources are streamed:
-a module never holds more than a few d x k tensors unless the cached pruned updates fit
-the cache budget. DARE draws from a generator seeded per (seed, module, source), so a
-merge is reproducible and independent of module order.
+(not to the factors, which is what PEFT's non-svd variants do). A module goes by blocks
+of rows, each source's block recomputed from its factors: it holds its output and a few
+blocks, not every source's d x k update. DARE draws from a generator seeded per (seed,
+module, source), so a merge is reproducible and independent of module order.
 """
 from __future__ import annotations
 
 import hashlib
 import math
+from contextlib import nullcontext
 from typing import Callable, Iterable
 
 import torch
 
 from hub.merge.factored import LowRank, energy_fraction, split_factors
+from hub.merge.threads import single_threaded_pool
 
-#: Above this many bytes of pruned updates per module, DARE-TIES recomputes instead of caching.
-CACHE_BYTES = {"cpu": 1 << 30, "cuda": 8 << 30}
-#: TIES merges blocks of rows of about this many bytes (all sources together): cache-sized on
-#: a CPU; on a GPU, whole modules at LLaMA-7B sizes.
+#: Dense merges go by blocks of rows of about this many bytes (all sources together):
+#: cache-sized on a CPU; on a GPU, whole modules at LLaMA-7B sizes.
 BLOCK_BYTES = {"cpu": 4 << 20, "cuda": 2 << 30}
 #: The randomized truncation is kept when its relative error is within this factor of
 #: a certified bound on the exact truncation's error.
@@ -123,57 +123,95 @@ def random_prune(t: torch.Tensor, density: float, generator: torch.Generator) ->
     """DARE: drop each entry with probability 1 - density and rescale the rest by 1/density (in place)."""
     if density >= 1:
         return t
-    mask = torch.bernoulli(torch.full_like(t, density), generator=generator)
-    return t.mul_(mask).div_(density)  # in place, as magnitude_prune
+    return t.mul_(_dare_mask(t, density, generator)).div_(density)  # in place, as magnitude_prune
+
+
+def _dare_mask(like: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
+    """PEFT's DARE mask for `like`, drawn from `generator`: one uniform draw per entry in order
+    on a CPU, so the masks of consecutive blocks of rows are those of the whole update."""
+    return torch.bernoulli(torch.full_like(like, density), generator=generator)
+
+
+DENSE_METHODS = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
 
 
 def combine(method: str, delta: Callable[[int, int, int], torch.Tensor], shape: tuple[int, int],
             weights: list[float], density: float, sign_method: str = "total", seed: int = 0,
             module: str = "", block_rows: int | None = None) -> torch.Tensor:
-    """The merged dense update of one module.
+    """The merged dense update of one module, one block of rows at a time.
 
     `delta(i, lo, hi)` gives rows lo:hi of source i's `dW_i` (of `shape`) as a new tensor
-    each call: it is pruned in place. TIES goes by blocks of rows (`block_rows`, default
-    from BLOCK_BYTES); the other methods take whole updates.
+    each call: it is pruned in place. Every block (`block_rows` rows; by default about
+    BLOCK_BYTES for all sources together) is pruned, elected and merged while it is in
+    cache, each source's block recomputed from its factors: on a CPU 1.2x faster than
+    passes over whole updates, and one d x k output (plus, for the magnitude rules, one
+    source's magnitudes) held instead of every source's update. The magnitude rules first
+    find each source's threshold over its whole update, from the same blocks. DARE's masks
+    are drawn block after block from one generator per source: on a CPU the same masks as
+    one draw over the whole update (PEFT's `prune(..., "random")` under that seed), drawn
+    for all sources at once on one worker each (a CPU generator draws serially).
+
+    A block's row products may differ from the whole product's in the last bit (BLAS
+    kernels vary with the shape): a merge is reproducible, and PEFT's rules within float32
+    rounding, but not always the bytes of code that multiplied whole updates.
     """
-    n = len(weights)
-    if method == "ties":
-        return _ties_by_blocks(delta, shape, weights, density, sign_method, block_rows)
-
-    def pruned(i: int) -> torch.Tensor:
-        t = delta(i, 0, shape[0])
-        if method in ("dare_linear", "dare_ties"):
-            g = torch.Generator(device=t.device)
-            g.manual_seed(source_seed(seed, module, i))
-            return random_prune(t, density, g)
-        return magnitude_prune(t, density)
-
-    if method in ("magnitude_prune", "dare_linear"):
-        total = None
-        for i in range(n):
-            term = pruned(i).mul_(weights[i])
-            total = term if total is None else total.add_(term)
-        return total
-    if method != "dare_ties":
+    if method not in DENSE_METHODS:
         raise ValueError(f"not a dense method: {method}")
-    # DARE's masks are drawn over whole updates (the seeded stream PEFT's parity rests on),
-    # so dare_ties streams whole pruned updates, cached while they fit CACHE_BYTES.
-    cache: list[torch.Tensor] | None = []
+    rows, cols = shape
+    n = len(weights)
+    probe = delta(0, 0, min(rows, 1))  # one row: where and in what the updates come
+    if rows == 0:
+        return probe.new_zeros(shape)
+    if block_rows is None:
+        budget = BLOCK_BYTES.get(probe.device.type, BLOCK_BYTES["cpu"])
+        block_rows = max(1, budget // max(1, n * cols * probe.element_size()))
+    spans = [(lo, min(rows, lo + block_rows)) for lo in range(0, rows, block_rows)]
+    dare = method.startswith("dare") and density < 1
+    workers = min(n, torch.get_num_threads()) if dare and probe.device.type == "cpu" else 1
+    if method in ("ties", "magnitude_prune"):
+        cuts = [_magnitude_cuts(delta, i, spans, shape, density) for i in range(n)]
+    else:
+        generators = [torch.Generator(device=probe.device).manual_seed(source_seed(seed, module, i))
+                      for i in range(n)]
+    out = None
+    with single_threaded_pool(workers, "lorastack-dare") if workers > 1 else nullcontext() as pool:
+        for lo, hi in spans:
+            if dare:
+                like = probe.new_empty(hi - lo, cols)
+                draw = map if pool is None else pool.map
+                masks = list(draw(_dare_mask, [like] * n, [density] * n, generators))
+                pruned = [delta(i, lo, hi).mul_(masks[i]).div_(density) for i in range(n)]
+            elif method.startswith("dare"):
+                pruned = [delta(i, lo, hi) for i in range(n)]
+            else:
+                pruned = [delta(i, lo, hi) if cuts[i] is None else
+                          _prune_below(delta(i, lo, hi), *cuts[i], start=lo * cols) for i in range(n)]
+            if method in ("ties", "dare_ties"):
+                merged = _disjoint_mean(pruned, weights, _elected_positive(pruned, sign_method))
+            else:
+                merged = pruned[0].mul_(weights[0])
+                for p, weight in zip(pruned[1:], weights[1:]):
+                    merged.add_(p.mul_(weight))
+            if len(spans) == 1:
+                return merged  # one block (a GPU's budget holds a whole module): no copy
+            if out is None:
+                out = torch.empty(rows, cols, dtype=merged.dtype, device=merged.device)
+            out[lo:hi] = merged
+    return out
 
-    def caching():
-        nonlocal cache
-        for i in range(n):
-            p = pruned(i)
-            if cache is not None:
-                if (len(cache) + 1) * p.numel() * p.element_size() <= CACHE_BYTES.get(p.device.type, 0):
-                    cache.append(p)
-                else:
-                    cache = None
-            yield p
 
-    positive = _elected_positive(caching(), sign_method)
-    return _disjoint_mean((cache[i] if cache is not None else pruned(i) for i in range(n)),
-                          weights, positive)
+def _magnitude_cuts(delta: Callable[[int, int, int], torch.Tensor], i: int, spans: list[tuple[int, int]],
+                    shape: tuple[int, int], density: float) -> tuple[torch.Tensor | None, int | None] | None:
+    """`_magnitude_cut` of source i's whole update, from its blocks; None when nothing is pruned."""
+    if density >= 1:
+        return None
+    magnitudes = None
+    for lo, hi in spans:
+        block = delta(i, lo, hi)
+        if magnitudes is None:
+            magnitudes = torch.empty(shape, dtype=block.dtype, device=block.device)
+        torch.abs(block, out=magnitudes[lo:hi])
+    return _magnitude_cut(magnitudes.reshape(-1), density)
 
 
 def _elected_positive(pruned: Iterable[torch.Tensor], sign_method: str) -> torch.Tensor:
@@ -205,56 +243,6 @@ def _disjoint_mean(pruned: Iterable[torch.Tensor], weights: list[float], positiv
         numerator.addcmul_(p, agree, value=weight)
         count.add_(agree)
     return numerator.div_(count.clamp_(min=1))
-
-
-def _ties_by_blocks(delta: Callable[[int, int, int], torch.Tensor], shape: tuple[int, int],
-                    weights: list[float], density: float, sign_method: str,
-                    block_rows: int | None) -> torch.Tensor:
-    """TIES one block of rows at a time, every source's block recomputed from its factors.
-
-    A first pass per source finds its magnitude threshold over the whole update (from the
-    same blocks, so the same bits); the second prunes, elects and merges each block while it
-    is in cache: 1.6x faster on a 4096 x 11008 update on a CPU than whole-update passes, and
-    one d x k update (plus the magnitudes of one source) instead of all the sources' at once.
-    A block's row products may differ from the whole product's in the last bit (BLAS kernels
-    vary with the shape): a merge is reproducible, and PEFT's rules within float32 rounding,
-    but not always the bytes of code that multiplied whole updates.
-    """
-    rows, cols = shape
-    n = len(weights)
-    if rows == 0:
-        return delta(0, 0, 0).new_zeros(shape)
-    if block_rows is None:
-        probe = delta(0, 0, min(rows, 1))  # one row: where and in what the updates come
-        budget = BLOCK_BYTES.get(probe.device.type, BLOCK_BYTES["cpu"])
-        block_rows = max(1, budget // max(1, n * cols * probe.element_size()))
-    spans = [(lo, min(rows, lo + block_rows)) for lo in range(0, rows, block_rows)]
-    cuts: list[tuple[torch.Tensor | None, int | None] | None] = []
-    for i in range(n):
-        if density >= 1:
-            cuts.append(None)
-            continue
-        magnitudes = None
-        for lo, hi in spans:
-            block = delta(i, lo, hi)
-            if magnitudes is None:
-                magnitudes = torch.empty(rows, cols, dtype=block.dtype, device=block.device)
-            torch.abs(block, out=magnitudes[lo:hi])
-        cuts.append(_magnitude_cut(magnitudes.reshape(-1), density))
-        del magnitudes
-    out = None
-    for lo, hi in spans:
-        pruned = []
-        for i in range(n):
-            p = delta(i, lo, hi)
-            pruned.append(p if cuts[i] is None else _prune_below(p, *cuts[i], start=lo * cols))
-        merged = _disjoint_mean(pruned, weights, _elected_positive(pruned, sign_method))
-        if len(spans) == 1:
-            return merged  # one block (a GPU's budget holds a whole module): no copy
-        if out is None:
-            out = torch.empty(rows, cols, dtype=merged.dtype, device=merged.device)
-        out[lo:hi] = merged
-    return out
 
 
 def _residual_norm_estimate(M: torch.Tensor, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor,

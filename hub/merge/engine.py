@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -20,6 +19,7 @@ from hub.merge import dense, factored, writer
 from hub.merge.plan import ModulePlan, check_delta_layout, layouts, load_sources, plan_modules
 from hub.merge.sources import LoraSource
 from hub.merge.spec import MergeSpec, ProgressFn, SourceSpec
+from hub.merge.threads import single_threaded_pool
 
 T = TypeVar("T")
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -141,8 +141,8 @@ def _map_batches(batches: list[list[ModulePlan]], work: Callable[[list[ModulePla
                  device: torch.device) -> Iterator[T]:
     """`work` over the batches, results in order; close the iterator to stop early.
 
-    A CPU module's factored merge is a few small GEMMs, two R x R eigendecompositions and
-    some dozens of tiny ops: too small for torch's intra-op threads to help, so the modules
+    A CPU module's factored merge is a few small GEMMs, R x R factorizations and some
+    dozens of tiny ops: too small for torch's intra-op threads to help, so the modules
     go to one single-threaded worker per thread torch may use (1.4x on 2 cores). On a GPU
     the batches already fill the device.
     """
@@ -150,11 +150,8 @@ def _map_batches(batches: list[list[ModulePlan]], work: Callable[[list[ModulePla
     if workers <= 1:
         yield from map(work, batches)
         return
-    threads = torch.get_num_threads()
     todo = iter(batches)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lorastack-merge",
-                              initializer=torch.set_num_threads, initargs=(1,))
-    try:
+    with single_threaded_pool(workers, "lorastack-merge") as pool:
         # A bounded window of modules in flight: results are handed on in order and dropped,
         # so memory stays at a few modules' working sets however far the workers could run.
         pending = deque(pool.submit(work, batch) for batch in islice(todo, 2 * workers))
@@ -164,10 +161,6 @@ def _map_batches(batches: list[list[ModulePlan]], work: Callable[[list[ModulePla
             if following is not None:
                 pending.append(pool.submit(work, following))
             yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        # set_num_threads also sets what new threads start with: the workers' 1 must not stay.
-        torch.set_num_threads(threads)
 
 
 def _iter_merge(sources: list[LoraSource], plans: list[ModulePlan], spec: MergeSpec,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 
 import pytest
@@ -143,12 +144,48 @@ def test_source_seed_depends_on_seed_module_and_source():
     assert len(seeds) == 8
 
 
-def test_streamed_ties_without_cache_equals_cached(monkeypatch):
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties", "magnitude_prune"])
+@pytest.mark.parametrize("block_rows", [1, 4, 7])
+def test_every_dense_method_by_blocks_equals_one_block(method, block_rows):
+    # DARE's masks drawn block after block are the whole update's on a CPU; magnitude
+    # thresholds are found over the whole update. Integer-valued updates: exact products.
+    if DEVICE != "cpu" and method.startswith("dare"):
+        pytest.skip("a CUDA generator's draws depend on how the mask is split")
     g = torch.Generator().manual_seed(3)
-    dws = [torch.randn(30, 20, generator=g) for _ in range(3)]
-    cached = _ours("dare_ties", dws, [1.0, 0.5, -0.3], 0.4, seed=2)
-    monkeypatch.setattr(dense, "CACHE_BYTES", {})
-    assert torch.equal(_ours("dare_ties", dws, [1.0, 0.5, -0.3], 0.4, seed=2), cached)
+    dws = [torch.randint(-4, 5, (30, 20), generator=g).float() for _ in range(3)]
+    whole = _ours(method, dws, [1.0, 0.5, -0.3], 0.4, seed=2, block_rows=30)
+    assert torch.equal(_ours(method, dws, [1.0, 0.5, -0.3], 0.4, seed=2, block_rows=block_rows), whole)
+
+
+def test_dare_masks_of_consecutive_blocks_are_the_whole_update_mask():
+    t = torch.ones(37, 11)
+    whole = random_prune(t.clone(), 0.3, torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)
+    blocks = torch.cat([random_prune(t[lo:lo + 5].clone(), 0.3, g) for lo in range(0, 37, 5)])
+    assert torch.equal(blocks, whole)
+
+
+def test_dare_draws_the_masks_of_all_sources_on_worker_threads(monkeypatch):
+    if DEVICE != "cpu":
+        pytest.skip("a GPU draws on its own; worker threads are for the CPU's serial generator")
+    threads = []
+    real = dense._dare_mask
+
+    def spy(like, density, generator):
+        threads.append(threading.current_thread().name)
+        return real(like, density, generator)
+
+    monkeypatch.setattr(dense, "_dare_mask", spy)
+    dws = [torch.randn(8, 6, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(2)  # two workers even on a one-core machine
+    try:
+        ours = _ours("dare_ties", dws, [1.0, 1.0, 1.0], 0.5, block_rows=4)
+        assert torch.get_num_threads() == 2  # the workers' single thread did not stay
+    finally:
+        torch.set_num_threads(threads_before)
+    assert len(threads) == 6 and all(name.startswith("lorastack-dare") for name in threads)
+    assert torch.equal(ours, _ours("dare_ties", dws, [1.0, 1.0, 1.0], 0.5, block_rows=8))
 
 
 def _low_rank_plus_noise(d, k, r, noise, seed=0):
