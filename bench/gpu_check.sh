@@ -64,7 +64,7 @@ timeout 150 "$PY" -m pytest -q -p no:cacheprovider --confcutdir=tests/integratio
 left=$(( 340 - ($(date +%s) - start) ))
 if (( left < 60 )); then left=60; fi
 echo "== bench (cuda, 32 layers; ${left}s budget)"
-# BENCH_ARGS overrides the rows (e.g. "--repeat 3 --dense-configs 1x1" for the linear rows alone);
+# BENCH_ARGS overrides the rows (e.g. "--repeat 3 --dense-configs none" for the linear rows alone);
 # --core-ab times the 3 x r16 and 8 x r16 linear rows again with every R x R step on the GPU
 # (HOST_CORE_MAX_RANK = 0); the dense rows run on 3 x r16 only, to leave time for it.
 # shellcheck disable=SC2086

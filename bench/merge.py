@@ -315,6 +315,19 @@ def fmt_mem(result: dict) -> str:
     return text
 
 
+def _dense_configs(text: str) -> list[tuple[int, int]]:
+    """argparse type of --dense-configs: `NxR[,NxR...]`, or `none` for no dense rows."""
+    if text.strip().lower() == "none":
+        return []
+    try:
+        configs = [tuple(int(x) for x in c.split("x")) for c in text.split(",")]
+    except ValueError:
+        configs = []
+    if not configs or any(len(c) != 2 or min(c) < 1 for c in configs):
+        raise argparse.ArgumentTypeError(f"expected NxR[,NxR...] (e.g. 3x16,8x64) or none, got {text!r}")
+    return configs
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build adapters, run each row in a subprocess, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -327,8 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peft-layers", default=None,
                         help="comma list of modules for the PEFT row (default: all 7; --quick: q_proj)")
     parser.add_argument("--density", type=float, default=0.2)
-    parser.add_argument("--dense-configs", default=None,
-                        help="NxR list for the ties/dare_ties rows, e.g. 3x16,8x64 (default: all; --quick: 3x16)")
+    parser.add_argument("--dense-configs", type=_dense_configs, default=None,
+                        help="NxR list for the ties/dare_ties rows, e.g. 3x16,8x64, or none "
+                             "(default: all; --quick: 3x16)")
     parser.add_argument("--dense-repeat", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=None)
     parser.add_argument("--profile", action="store_true",
@@ -351,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(x) for x in args.adapters.split(",")]
     ranks = [int(x) for x in args.ranks.split(",")]
     configs = [(n, r) for r in ranks for n in counts]
-    if args.dense_configs:
-        dense_configs = [tuple(int(x) for x in c.split("x")) for c in args.dense_configs.split(",")]
+    if args.dense_configs is not None:
+        dense_configs = args.dense_configs
     else:
         dense_configs = [(3, 16)] if args.quick else configs
     rows: list[list[str]] = []
