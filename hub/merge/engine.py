@@ -4,6 +4,7 @@ Public entry points: `merge` (in memory) and `merge_to_folder` (atomic folder ou
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from contextlib import closing
@@ -60,6 +61,39 @@ def _check_finite(plan: ModulePlan, sources: list[LoraSource], low: factored.Low
         raise NonFiniteWeights(f"module {plan.name}: non-finite values in the factors of {bad}")
 
 
+def _peak(t: torch.Tensor) -> float:
+    """max |t|, NaN when t holds one: a fused reduction for large tensors, abs + max for small."""
+    if t.numel() == 0:
+        return 0.0
+    if t.numel() >= 1 << 20:
+        return float(torch.linalg.vector_norm(t, float("inf")))
+    return float(t.abs().max())
+
+
+def _check_update(plan: ModulePlan, sources: list[LoraSource], t: torch.Tensor) -> float:
+    """The peak magnitude of a merged update or factor, refused when not finite: the sources
+    are finite (checked on reading), so their values overflowed float32 in the products."""
+    peak = _peak(t)
+    if not math.isfinite(peak):
+        bad = ", ".join(str(sources[i].path) for i, _ in plan.parts)
+        raise NonFiniteWeights(f"module {plan.name}: the merged update is not finite: the values "
+                               f"of {bad} overflow float32 when multiplied")
+    return peak
+
+
+def _in_dtype(plan: ModulePlan, sources: list[LoraSource], tensor: torch.Tensor,
+              dtype: torch.dtype) -> torch.Tensor:
+    """`tensor` on the host in the output dtype; refused when a value does not fit it (a cast
+    to float16 turns what exceeds 65504 into inf, which nobody should find in a merge)."""
+    peak = _check_update(plan, sources, tensor)
+    # Rounding is monotonic: when the peak fits the dtype, every value does.
+    if not math.isfinite(float(torch.tensor(peak, dtype=torch.float64).to(dtype))):
+        name = str(dtype).replace("torch.", "")
+        raise InvalidMerge(f"module {plan.name}: merged values reach {peak:.3g}, beyond what {name} "
+                           f"holds (at most {torch.finfo(dtype).max:.5g}); choose dtype float32 or bfloat16")
+    return tensor.to("cpu", dtype).contiguous()
+
+
 def _linear_batches(plans: list[ModulePlan], device: torch.device) -> list[list[ModulePlan]]:
     """Modules whose stacked factors share a shape, grouped up to the batch byte budget."""
     groups: dict[tuple, list[ModulePlan]] = {}
@@ -92,8 +126,8 @@ def _merge_linear_batch(batch: list[ModulePlan], sources: list[LoraSource], spec
         if not ok:
             _check_finite(plan, sources, low)
     if host_dtype is not None:
-        lows = [replace(low, A=low.A.to("cpu", host_dtype).contiguous(),
-                        B=low.B.to("cpu", host_dtype).contiguous()) for low in lows]
+        lows = [replace(low, A=_in_dtype(plan, sources, low.A, host_dtype),
+                        B=_in_dtype(plan, sources, low.B, host_dtype)) for plan, low in zip(batch, lows)]
     return lows
 
 
@@ -120,7 +154,8 @@ def _merge_module(plan: ModulePlan, sources: list[LoraSource], spec: MergeSpec,
     merged = dense.combine(method, delta, shape, weights, spec.density, spec.majority_sign_method,
                            spec.seed, plan.name)
     if spec.output == "delta" and spec.rank is None:
-        return None, merged
+        return None, merged  # checked when cast for writing
+    _check_update(plan, sources, merged)
     # Without --rank a dense method keeps the sources' total rank budget at this module.
     rank = spec.rank if spec.rank is not None else plan.rank_in
     return dense.truncate(merged, rank, plan.rank_in, seed=spec.seed), None
@@ -246,10 +281,14 @@ def _prepare(sources: list[SourceSpec], spec: MergeSpec):
     return loaded, plan_modules(loaded), device, _out_dtype(spec, loaded)
 
 
-def _add_lora(tensors: dict, ranks: dict, plan: ModulePlan, low: factored.LowRank, dtype) -> None:
+def _add_lora(tensors: dict, ranks: dict, plan: ModulePlan, sources: list[LoraSource],
+              low: factored.LowRank, dtype) -> None:
     key_a, key_b = writer.lora_keys(plan.name, plan.kind)
-    tensors[key_a] = low.A.to("cpu", dtype).contiguous()
-    tensors[key_b] = low.B.to("cpu", dtype).contiguous()
+    for key, t in ((key_a, low.A), (key_b, low.B)):
+        # The linear path's workers hand factors on already cast and checked; the dense
+        # path's come from a checked update (no torch work here while workers run).
+        done = t.dtype == dtype and t.device.type == "cpu"
+        tensors[key] = t.contiguous() if done else _in_dtype(plan, sources, t, dtype)
     ranks[plan.name] = low.A.shape[0]
 
 
@@ -266,7 +305,7 @@ def _collect_lora(loaded, plans, spec, device, dtype, progress, upto: float,
     done = []
     with closing(_iter_merge(loaded, plans, spec, device, progress, upto, dtype)) as merged:
         for plan, low, _full, entry in merged:
-            _add_lora(tensors, ranks, plan, low, dtype)
+            _add_lora(tensors, ranks, plan, loaded, low, dtype)
             done.append(entry)
     entries.extend(sorted(done, key=lambda entry: order[entry["module"]]))
     ranks = {plan.name: ranks[plan.name] for plan in plans}
@@ -287,7 +326,7 @@ def merge(sources: list[SourceSpec], spec: MergeSpec, progress: ProgressFn | Non
             for plan, low, full, entry in _iter_merge(loaded, plans, spec, device, progress, 1.0):
                 entries.append(entry)
                 update = full if full is not None else low.dense()
-                tensors[f"{plan.name}.weight"] = _to_base_layout(plan, update).to("cpu", dtype).contiguous()
+                tensors[f"{plan.name}.weight"] = _in_dtype(plan, loaded, _to_base_layout(plan, update), dtype)
         config = _config(ranks, loaded) if spec.output == "lora" else None
         return MergeResult(tensors, config, _report(spec, loaded, device, dtype, entries, started), ranks)
     finally:
@@ -300,7 +339,7 @@ def _write_delta(path: Path, loaded, plans, spec, device, dtype, progress, entri
     try:
         for plan, low, full, entry in _iter_merge(loaded, plans, spec, device, progress, 0.99):
             update = full if full is not None else low.dense()
-            stream.write(f"{plan.name}.weight", _to_base_layout(plan, update))
+            stream.write(f"{plan.name}.weight", _in_dtype(plan, loaded, _to_base_layout(plan, update), dtype))
             entries.append(entry)
     except BaseException:
         stream.abort()

@@ -123,3 +123,40 @@ def test_refuses_device_cuda_without_a_gpu(adapters, tmp_path):
     assert result.exit_code != 0 and result.output.strip() == \
         "Error: device cuda was asked for but no CUDA GPU is available"
     assert list(parent.iterdir()) == []
+
+
+def _scaled(tmp_path, source, factor: float):
+    """A copy of `source` with every factor multiplied by `factor` (float32)."""
+    from safetensors.torch import load_file, save_file
+
+    target = tmp_path / f"scaled_{factor:g}"
+    shutil.copytree(source, target)
+    weights = target / "adapter_model.safetensors"
+    tensors = {k: v.float() * factor for k, v in load_file(str(weights)).items()}
+    save_file(tensors, str(weights))
+    return target
+
+
+@pytest.mark.parametrize("args", [
+    ["--method", "ties", "--density", "0.5", "--output", "delta"],
+    ["--method", "linear", "--output", "delta"],
+])
+def test_refuses_a_delta_beyond_the_output_dtype_instead_of_writing_inf(adapters, tmp_path, args):
+    huge = _scaled(tmp_path, adapters["llama_a"], 3000.0)
+    _refused(tmp_path, [str(huge), *args, "--dtype", "float16"], "module model.", "float16 holds", "65504",
+             "float32 or bfloat16")
+    parent = tmp_path / "wide"
+    result = CliRunner().invoke(merge_local, [str(huge), *args, "--dtype", "float32", "--device", DEVICE,
+                                              "-o", str(parent)])
+    assert result.exit_code == 0, result.output
+
+
+def test_refuses_lora_factors_beyond_float16(adapters, tmp_path):
+    huge = _scaled(tmp_path, adapters["llama_a"], 1e5)
+    _refused(tmp_path, [str(huge), "--dtype", "float16"], "float16 holds", "float32 or bfloat16")
+
+
+def test_refuses_an_update_that_overflows_float32(adapters, tmp_path):
+    huge = _scaled(tmp_path, adapters["llama_a"], 1e20)
+    _refused(tmp_path, [str(huge), "--output", "delta", "--dtype", "float32"], "not finite",
+             "overflow float32", str(huge))
