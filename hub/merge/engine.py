@@ -55,8 +55,9 @@ def _linear_coefs(plan: ModulePlan, sources: list[LoraSource]) -> list[float]:
 
 
 def _check_finite(plan: ModulePlan, sources: list[LoraSource], low: factored.LowRank) -> None:
-    # NaN/inf in any factor propagates into the singular values: one cheap check per module.
-    if not bool(torch.isfinite(low.singular_values).all()):
+    # NaN/inf in any factor makes the singular values NaN: one cheap check per module. (An
+    # inf singular value is a float32 overflow of a finite one: the factors may still fit.)
+    if bool(torch.isnan(low.singular_values).any()):
         bad = ", ".join(str(sources[i].path) for i, _ in plan.parts)
         raise NonFiniteWeights(f"module {plan.name}: non-finite values in the factors of {bad}")
 
@@ -70,27 +71,31 @@ def _peak(t: torch.Tensor) -> float:
     return float(t.abs().max())
 
 
-def _check_update(plan: ModulePlan, sources: list[LoraSource], t: torch.Tensor) -> float:
-    """The peak magnitude of a merged update or factor, refused when not finite: the sources
-    are finite (checked on reading), so their values overflowed float32 in the products."""
-    peak = _peak(t)
+def _check_update(plan: ModulePlan, sources: list[LoraSource], t: torch.Tensor,
+                  peak: float | None = None) -> float:
+    """The peak magnitude of a merged update or factor (`peak` when already known), refused
+    when not finite: the sources are finite (checked on reading), so the products, the
+    weights or DARE's 1/density rescale took them beyond float32."""
+    peak = _peak(t) if peak is None else peak
     if not math.isfinite(peak):
         bad = ", ".join(str(sources[i].path) for i, _ in plan.parts)
-        raise NonFiniteWeights(f"module {plan.name}: the merged update is not finite: the values "
-                               f"of {bad} overflow float32 when multiplied")
+        raise NonFiniteWeights(f"module {plan.name}: the merged update is not finite: it overflows "
+                               f"float32 (the values of {bad} or their weights are too large, or "
+                               f"the density too small)")
     return peak
 
 
 def _in_dtype(plan: ModulePlan, sources: list[LoraSource], tensor: torch.Tensor,
-              dtype: torch.dtype) -> torch.Tensor:
+              dtype: torch.dtype, peak: float | None = None) -> torch.Tensor:
     """`tensor` on the host in the output dtype; refused when a value does not fit it (a cast
     to float16 turns what exceeds 65504 into inf, which nobody should find in a merge)."""
-    peak = _check_update(plan, sources, tensor)
+    peak = _check_update(plan, sources, tensor, peak)
     # Rounding is monotonic: when the peak fits the dtype, every value does.
     if not math.isfinite(float(torch.tensor(peak, dtype=torch.float64).to(dtype))):
         name = str(dtype).replace("torch.", "")
+        wider = "float32 or bfloat16" if dtype == torch.float16 else "float32"
         raise InvalidMerge(f"module {plan.name}: merged values reach {peak:.3g}, beyond what {name} "
-                           f"holds (at most {torch.finfo(dtype).max:.5g}); choose dtype float32 or bfloat16")
+                           f"holds (at most {torch.finfo(dtype).max:.5g}); choose dtype {wider}")
     return tensor.to("cpu", dtype).contiguous()
 
 
@@ -121,13 +126,16 @@ def _merge_linear_batch(batch: list[ModulePlan], sources: list[LoraSource], spec
         factors = [sources[i].factors(ref, host, check_finite=False, dtype=None) for i, ref in plan.parts]
         items.append(([b for _, b in factors], [a for a, _ in factors], _linear_coefs(plan, sources)))
     lows = factored.factored_sum_batched(items, spec.rank, device)
-    finite = torch.stack([torch.isfinite(low.singular_values).all() for low in lows]).tolist()
+    finite = torch.stack([~torch.isnan(low.singular_values).any() for low in lows]).tolist()
     for plan, low, ok in zip(batch, lows, finite):
         if not ok:
             _check_finite(plan, sources, low)
     if host_dtype is not None:
-        lows = [replace(low, A=_in_dtype(plan, sources, low.A, host_dtype),
-                        B=_in_dtype(plan, sources, low.B, host_dtype)) for plan, low in zip(batch, lows)]
+        # Every factor's peak in one transfer (one sync on a GPU, not two per module).
+        peaks = torch.stack([t.abs().amax() for low in lows for t in (low.A, low.B)]).tolist()
+        lows = [replace(low, A=_in_dtype(plan, sources, low.A, host_dtype, peaks[2 * j]),
+                        B=_in_dtype(plan, sources, low.B, host_dtype, peaks[2 * j + 1]))
+                for j, (plan, low) in enumerate(zip(batch, lows))]
     return lows
 
 
@@ -282,13 +290,11 @@ def _prepare(sources: list[SourceSpec], spec: MergeSpec):
 
 
 def _add_lora(tensors: dict, ranks: dict, plan: ModulePlan, sources: list[LoraSource],
-              low: factored.LowRank, dtype) -> None:
+              low: factored.LowRank, dtype, cast: bool) -> None:
+    """Add a module's factors; `cast`: still to cast to `dtype` (and check), else done already."""
     key_a, key_b = writer.lora_keys(plan.name, plan.kind)
     for key, t in ((key_a, low.A), (key_b, low.B)):
-        # The linear path's workers hand factors on already cast and checked; the dense
-        # path's come from a checked update (no torch work here while workers run).
-        done = t.dtype == dtype and t.device.type == "cpu"
-        tensors[key] = t.contiguous() if done else _in_dtype(plan, sources, t, dtype)
+        tensors[key] = _in_dtype(plan, sources, t, dtype) if cast else t.contiguous()
     ranks[plan.name] = low.A.shape[0]
 
 
@@ -303,9 +309,12 @@ def _collect_lora(loaded, plans, spec, device, dtype, progress, upto: float,
     ranks: dict[str, int] = {}
     order = {plan.name: index for index, plan in enumerate(plans)}
     done = []
+    # The factored linear path's workers cast (and check) the factors: no torch work is done
+    # here while they run (OpenMP threads spinning here would slow them down).
+    cast_by_workers = spec.canonical_method == "linear"
     with closing(_iter_merge(loaded, plans, spec, device, progress, upto, dtype)) as merged:
         for plan, low, _full, entry in merged:
-            _add_lora(tensors, ranks, plan, loaded, low, dtype)
+            _add_lora(tensors, ranks, plan, loaded, low, dtype, cast=not cast_by_workers)
             done.append(entry)
     entries.extend(sorted(done, key=lambda entry: order[entry["module"]]))
     ranks = {plan.name: ranks[plan.name] for plan in plans}

@@ -156,7 +156,42 @@ def test_refuses_lora_factors_beyond_float16(adapters, tmp_path):
     _refused(tmp_path, [str(huge), "--dtype", "float16"], "float16 holds", "float32 or bfloat16")
 
 
+def test_bfloat16_beyond_its_range_is_refused_pointing_to_float32_only():
+    from types import SimpleNamespace
+
+    import torch
+
+    from hub.errors import InvalidMerge
+    from hub.merge.engine import _in_dtype
+
+    plan = SimpleNamespace(name="m", parts=[])
+    fits = torch.tensor([3.3e38, -1.0])
+    assert _in_dtype(plan, [], fits, torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(InvalidMerge) as refused:
+        _in_dtype(plan, [], torch.tensor([3.4e38, -1.0]), torch.bfloat16)  # rounds up to inf
+    assert "bfloat16 holds" in refused.value.detail and "choose dtype float32" in refused.value.detail
+    assert "or bfloat16" not in refused.value.detail
+
+
+def test_singular_values_beyond_float32_do_not_refuse_factors_that_fit(adapters, tmp_path):
+    # Factors of 1e19 give singular values past float32's range (kept in float64 for the
+    # rank and the energy); the balanced output factors still fit float32.
+    from safetensors.torch import load_file
+
+    huge = _scaled(tmp_path, adapters["llama_a"], 1.5e19)
+    for folder, out in ((adapters["llama_a"], tmp_path / "plain"), (huge, tmp_path / "huge")):
+        result = CliRunner().invoke(merge_local, [str(folder), "--rank", "2", "--dtype", "float32",
+                                                  "--device", DEVICE, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+    plain, scaled = (load_file(str(tmp_path / n / "adapter_model.safetensors")) for n in ("plain", "huge"))
+    key_b = next(k for k in plain if k.endswith("q_proj.lora_B.weight"))
+    key_a = key_b.replace("lora_B", "lora_A")
+    expected = (plain[key_b].double() @ plain[key_a].double()) * 1.5e19 ** 2
+    got = scaled[key_b].double() @ scaled[key_a].double()
+    assert float((got - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+
+
 def test_refuses_an_update_that_overflows_float32(adapters, tmp_path):
     huge = _scaled(tmp_path, adapters["llama_a"], 1e20)
     _refused(tmp_path, [str(huge), "--output", "delta", "--dtype", "float32"], "not finite",
-             "overflow float32", str(huge))
+             "overflows float32", str(huge))
