@@ -149,7 +149,9 @@ def combine(method: str, delta: Callable[[int, int, int], torch.Tensor], shape: 
     find each source's threshold over its whole update, from the same blocks. DARE's masks
     are drawn block after block from one generator per source: on a CPU the same masks as
     one draw over the whole update (PEFT's `prune(..., "random")` under that seed), drawn
-    for all sources at once on one worker each (a CPU generator draws serially).
+    for several sources at once, one per worker (a CPU generator draws serially; as many
+    workers as torch has threads). A CUDA generator's draws depend on the split: there a
+    module above the block budget gets other (still reproducible) masks than one draw.
 
     A block's row products may differ from the whole product's in the last bit (BLAS
     kernels vary with the shape): a merge is reproducible, and PEFT's rules within float32
@@ -281,12 +283,32 @@ def randomized_svd(M: torch.Tensor, q: int, niter: int = 4, seed: int = 0
     return Q @ U, S, Vh
 
 
+#: Updates whose peak magnitude lies outside 2^-SAFE_EXPONENT..2^SAFE_EXPONENT are truncated
+#: scaled by a power of 4 (exact), so that squares and norms neither overflow nor underflow
+#: float32 (2^+-126) however many entries a module has.
+SAFE_EXPONENT = 40
+
+
 def truncate(M: torch.Tensor, rank: int, signal_rank: int = 0, seed: int = 0) -> LowRank:
     """Best rank-`rank` factors of a dense update, by randomized SVD when certified, else exact.
 
     `signal_rank` (the sources' total rank) sizes the sketch so it spans the low-rank
-    signal; only then is the residual small enough to certify the result.
+    signal; only then is the residual small enough to certify the result. A finite update
+    of any magnitude works: far from 1 it is truncated scaled by a power of 4, and the
+    factors (each by its square root, a power of 2) scaled back exactly.
     """
+    peak = float(torch.linalg.vector_norm(M, float("inf"))) if M.numel() else 0.0
+    exponent = math.frexp(peak)[1] if math.isfinite(peak) and peak > 0 else 0
+    if abs(exponent) <= SAFE_EXPONENT:
+        return _truncate(M, rank, signal_rank, seed)
+    half = -(exponent // 2)  # M * 4^half has its peak in [1/4, 1)
+    low = _truncate(M * 4.0 ** half, rank, signal_rank, seed)
+    back = 2.0 ** -half
+    return LowRank(low.B * back, low.A * back, low.singular_values.double() * back * back,
+                   low.rank, low.energy_kept, low.svd)
+
+
+def _truncate(M: torch.Tensor, rank: int, signal_rank: int, seed: int) -> LowRank:
     d, k = M.shape
     mn = min(d, k)
     r = min(rank, mn)

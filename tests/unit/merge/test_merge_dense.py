@@ -274,3 +274,18 @@ def test_bracketed_selection_of_a_module_sized_update_matches_kthvalue():
         expected = torch.kthvalue(flat.cpu(), flat.numel() - k + 1).values
         assert kth_largest(flat, k).cpu() == expected
         assert _bracketed_kth_largest(flat, k).cpu() == expected
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30, 2.0 ** 60])
+@pytest.mark.parametrize("noise", [0.01, 1.0])  # randomized (certified) and exact paths
+def test_truncation_of_a_huge_or_tiny_update_is_the_scaled_truncation(scale, noise):
+    # Squares of 1e30 overflow float32 and of 1e-30 underflow: before, the energy came out
+    # 0 (or the residual estimate failed on inf); the scaled truncation is exact by powers of 2.
+    M = _low_rank_plus_noise(300, 200, 12, noise)
+    plain, scaled = truncate(M, 8), truncate(M * scale, 8)
+    assert (scaled.rank, scaled.svd) == (plain.rank, plain.svd)
+    assert scaled.energy_kept == pytest.approx(plain.energy_kept, rel=1e-5)
+    product = (scaled.B.double() @ scaled.A.double()).cpu()
+    expected = (plain.B.double() @ plain.A.double()).cpu() * scale
+    assert float((product - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+    assert torch.isfinite(scaled.B).all() and torch.isfinite(scaled.A).all()
