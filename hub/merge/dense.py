@@ -289,15 +289,18 @@ def randomized_svd(M: torch.Tensor, q: int, niter: int = 4, seed: int = 0
 SAFE_EXPONENT = 40
 
 
-def truncate(M: torch.Tensor, rank: int, signal_rank: int = 0, seed: int = 0) -> LowRank:
+def truncate(M: torch.Tensor, rank: int, signal_rank: int = 0, seed: int = 0,
+             peak: float | None = None) -> LowRank:
     """Best rank-`rank` factors of a dense update, by randomized SVD when certified, else exact.
 
     `signal_rank` (the sources' total rank) sizes the sketch so it spans the low-rank
     signal; only then is the residual small enough to certify the result. A finite update
     of any magnitude works: far from 1 it is truncated scaled by a power of 4, and the
-    factors (each by its square root, a power of 2) scaled back exactly.
+    factors (each by its square root, a power of 2) scaled back exactly. `peak`: max |M|,
+    when the caller has it.
     """
-    peak = float(torch.linalg.vector_norm(M, float("inf"))) if M.numel() else 0.0
+    if peak is None:
+        peak = float(torch.linalg.vector_norm(M, float("inf"))) if M.numel() else 0.0
     exponent = math.frexp(peak)[1] if math.isfinite(peak) and peak > 0 else 0
     if abs(exponent) <= SAFE_EXPONENT:
         return _truncate(M, rank, signal_rank, seed)

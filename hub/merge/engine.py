@@ -163,10 +163,10 @@ def _merge_module(plan: ModulePlan, sources: list[LoraSource], spec: MergeSpec,
                            spec.seed, plan.name)
     if spec.output == "delta" and spec.rank is None:
         return None, merged  # checked when cast for writing
-    _check_update(plan, sources, merged)
+    peak = _check_update(plan, sources, merged)
     # Without --rank a dense method keeps the sources' total rank budget at this module.
     rank = spec.rank if spec.rank is not None else plan.rank_in
-    return dense.truncate(merged, rank, plan.rank_in, seed=spec.seed), None
+    return dense.truncate(merged, rank, plan.rank_in, seed=spec.seed, peak=peak), None
 
 
 def _entry(plan: ModulePlan, spec: MergeSpec, low: factored.LowRank | None) -> dict:
