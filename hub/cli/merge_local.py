@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -31,18 +33,39 @@ def parse_source(arg: str) -> SourceSpec:
     return SourceSpec(Path(path), weight)
 
 
-class _Progress:
-    """Redraw a percentage on stderr when it is a terminal; silent otherwise."""
+def _duration(seconds: float) -> str:
+    """45s, 2m51s, 1h05m."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
+
+class _Progress:
+    """Redraw a percentage on stderr when it is a terminal, and from a few seconds in, the time
+    left (a CPU merge of the dense methods takes minutes); silent otherwise."""
+
+    def __init__(self, enabled: bool | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.clock = clock
+        self.started = clock()
         self.last = -1
+        self.width = 0
 
     def __call__(self, fraction: float) -> None:
         percent = int(fraction * 100)
-        if self.enabled and percent != self.last:
-            self.last = percent
-            click.echo(f"\rmerging... {percent:3d}%", err=True, nl=percent >= 100)
+        if not self.enabled or percent == self.last:
+            return
+        self.last = percent
+        text = f"merging... {percent:3d}%"
+        elapsed = self.clock() - self.started
+        if 0.01 <= fraction < 1 and elapsed >= 3:
+            text += f", about {_duration(elapsed * (1 - fraction) / fraction)} left"
+        # Pad over what the previous, longer line left behind.
+        click.echo("\r" + text.ljust(self.width), err=True, nl=percent >= 100)
+        self.width = len(text)
 
 
 class _OneLineCommand(click.Command):

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from merge_fixtures import merge_device, read_json
 from safetensors.torch import load_file
 
-from hub.cli.merge_local import merge_local, parse_source
+from hub.cli.merge_local import _Progress, merge_local, parse_source
 from hub.errors import InvalidMerge
 
 DEVICE = merge_device()
@@ -71,6 +71,32 @@ def test_source_argument_splits_on_the_last_colon_only_before_a_number(arg, path
 def test_source_argument_refuses_a_non_finite_weight():
     with pytest.raises(InvalidMerge, match="finite"):
         parse_source("a:nan")
+
+
+def test_progress_shows_the_time_left_once_it_can_be_estimated(capsys):
+    now = [100.0]
+    progress = _Progress(enabled=True, clock=lambda: now[0])
+    progress(0.0)
+    now[0] = 101.0
+    progress(0.05)  # a second in: too early to guess
+    now[0] = 130.0
+    progress(0.2)  # 30 s for a fifth: 2 minutes left
+    progress(0.2)  # same percentage: nothing redrawn
+    now[0] = 249.0
+    progress(0.99)
+    progress(1.0)
+    lines = capsys.readouterr().err.split("\r")[1:]
+    assert [line.rstrip() for line in lines] == [
+        "merging...   0%", "merging...   5%", "merging...  20%, about 2m00s left",
+        "merging...  99%, about 2s left", "merging... 100%"]
+    assert lines[-1].endswith("\n") and len(lines[-1].rstrip("\n")) >= len(lines[-2].rstrip())
+
+
+def test_progress_is_silent_when_stderr_is_not_a_terminal(capsys):
+    progress = _Progress(enabled=False)
+    progress(0.5)
+    progress(1.0)
+    assert capsys.readouterr().err == ""
 
 
 def test_cli_module_starts_without_importing_torch():
