@@ -289,3 +289,30 @@ def test_truncation_of_a_huge_or_tiny_update_is_the_scaled_truncation(scale, noi
     expected = (plain.B.double() @ plain.A.double()).cpu() * scale
     assert float((product - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
     assert torch.isfinite(scaled.B).all() and torch.isfinite(scaled.A).all()
+
+
+def test_a_flat_tail_is_certified_against_the_exact_spectrum_not_sent_to_an_svd(monkeypatch):
+    # Rank 12 of 12-rank signal under heavy noise: the r rho^2 bound cannot certify the
+    # randomized truncation, the exact spectrum (float64 Gram eigenvalues) does.
+    M = _low_rank_plus_noise(600, 400, 12, 0.3, seed=5)
+    calls = []
+    real_spectrum, real_svd = dense.squared_singular_values, torch.linalg.svd
+    monkeypatch.setattr(dense, "squared_singular_values", lambda t: calls.append("spectrum") or real_spectrum(t))
+    monkeypatch.setattr(torch.linalg, "svd",
+                        lambda t, **k: calls.append(tuple(t.shape)) or real_svd(t, **k))
+    low = truncate(M, 12, 12)
+    # One spectrum, and no SVD of the whole update (only the sketch's small q x k one).
+    assert calls.count("spectrum") == 1 and tuple(M.shape) not in calls and low.svd == "randomized"
+    S = torch.linalg.svdvals(M.double().cpu())
+    exact_error = float(S[12:].pow(2).sum().sqrt())
+    error = float(torch.linalg.norm((low.dense() - M).double().cpu()))
+    assert exact_error <= error <= 1.01 * exact_error
+    assert low.energy_kept == pytest.approx(float(S[:12].pow(2).sum() / S.pow(2).sum()), rel=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(70, 30), (30, 70), (1, 5)])
+def test_squared_singular_values_from_blocks_match_an_svd(shape):
+    M = torch.randn(*shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    expected = torch.linalg.svdvals(M.double().cpu()) ** 2
+    got = dense.squared_singular_values(M, block_bytes=8 * min(shape) * 7).cpu()  # blocks of 7
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
