@@ -187,8 +187,9 @@ def combine(method: str, delta: Callable[[int, int, int], torch.Tensor], shape: 
             elif method.startswith("dare"):
                 pruned = [delta(i, lo, hi) for i in range(n)]
             else:
-                pruned = [delta(i, lo, hi) if cuts[i] is None else
-                          _prune_below(delta(i, lo, hi), *cuts[i], start=lo * cols) for i in range(n)]
+                pruned = [delta(i, lo, hi) if cuts[i] is None
+                          else _prune_below(delta(i, lo, hi), *cuts[i], start=lo * cols)
+                          for i in range(n)]
             if method in ("ties", "dare_ties"):
                 merged = _disjoint_mean(pruned, weights, _elected_positive(pruned, sign_method))
             else:
@@ -203,8 +204,9 @@ def combine(method: str, delta: Callable[[int, int, int], torch.Tensor], shape: 
     return out
 
 
-def _magnitude_cuts(delta: Callable[[int, int, int], torch.Tensor], i: int, spans: list[tuple[int, int]],
-                    shape: tuple[int, int], density: float) -> tuple[torch.Tensor | None, int | None] | None:
+def _magnitude_cuts(delta: Callable[[int, int, int], torch.Tensor], i: int,
+                    spans: list[tuple[int, int]], shape: tuple[int, int], density: float
+                    ) -> tuple[torch.Tensor | None, int | None] | None:
     """`_magnitude_cut` of source i's whole update, from its blocks; None when nothing is pruned."""
     if density >= 1:
         return None
@@ -284,25 +286,27 @@ def energy(t: torch.Tensor, chunk: int = 4096) -> float:
     return float(total)
 
 
-def _residual_energy(M: torch.Tensor, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, r: int) -> float:
+def _residual_energy(M: torch.Tensor, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor,
+                     r: int) -> float:
     """|M - U_r S_r Vh_r|_F^2, by blocks of rows (BLOCK_BYTES): one d x k x r product."""
     budget = BLOCK_BYTES.get(M.device.type, BLOCK_BYTES["cpu"])
     rows = max(1, budget // (M.element_size() * max(M.shape[1], 1)))
     US, Vh_r = U[:, :r] * S[:r], Vh[:r]
-    return sum(energy(M[lo:lo + rows] - US[lo:lo + rows] @ Vh_r) for lo in range(0, M.shape[0], rows))
+    return sum(energy(M[lo:lo + rows] - US[lo:lo + rows] @ Vh_r)
+               for lo in range(0, M.shape[0], rows))
 
 
 def _gain_bound(M: torch.Tensor, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor, r: int,
                 rho: float, total: float) -> float:
-    """How much more energy than our top r (`U S V^T` = Q Q^T M) any rank-r subspace holds, at most.
+    """At most how much more energy than our top r (U S V^T = Q Q^T M) a rank-r subspace holds.
 
     With R = M - Q Q^T M, M^T M = A + R^T R where A has eigenvalues S^2 and vectors V. For
     an orthonormal W (k x r) with t = |W's part outside V_r|_F^2: tr(W^T A W) <= kept -
     t g (g = S_r^2 - S_(r+1)^2, the gap after our r-th value) and |R W|_F <= c + rho sqrt(t)
-    (c = |R V_r|_F, rho >= |R|_2: the caller's 1.1 x estimate), so the gain is at most max over u = sqrt(t) in
-    [0, sqrt(r)] of (c + rho u)^2 - g u^2: c^2 g / (g - rho^2) when g > rho^2. On DARE and
-    TIES updates truncated at the sources' total rank that is ~1e-4 of the energy where
-    r rho^2 was ~2e-2. Costs one d x k x r product.
+    (c = |R V_r|_F; rho >= |R|_2, the caller's 1.1 x estimate), so the gain is at most the
+    max over u = sqrt(t) in [0, sqrt(r)] of (c + rho u)^2 - g u^2: c^2 g / (g - rho^2) when
+    g > rho^2. On DARE and TIES updates truncated at the sources' total rank that is ~1e-4
+    of the energy where r rho^2 was ~2e-2. Costs one d x k x r product.
     """
     k = M.shape[1]
     c = math.sqrt(energy(M @ V[:, :r] - U[:, :r] * S[:r]))

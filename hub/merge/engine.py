@@ -94,8 +94,9 @@ def _in_dtype(plan: ModulePlan, sources: list[LoraSource], tensor: torch.Tensor,
     if not math.isfinite(float(torch.tensor(peak, dtype=torch.float64).to(dtype))):
         name = str(dtype).replace("torch.", "")
         wider = "float32 or bfloat16" if dtype == torch.float16 else "float32"
-        raise InvalidMerge(f"module {plan.name}: merged values reach {peak:.3g}, beyond what {name} "
-                           f"holds (at most {torch.finfo(dtype).max:.5g}); choose dtype {wider}")
+        raise InvalidMerge(f"module {plan.name}: merged values reach {peak:.3g}, beyond what "
+                           f"{name} holds (at most {torch.finfo(dtype).max:.5g}); "
+                           f"choose dtype {wider}")
     return tensor.to("cpu", dtype).contiguous()
 
 
@@ -334,8 +335,8 @@ def merge(sources: list[SourceSpec], spec: MergeSpec, progress: ProgressFn | Non
             tensors, ranks = {}, {}
             for plan, low, full, entry in _iter_merge(loaded, plans, spec, device, progress, 1.0):
                 entries.append(entry)
-                update = full if full is not None else low.dense()
-                tensors[f"{plan.name}.weight"] = _in_dtype(plan, loaded, _to_base_layout(plan, update), dtype)
+                update = _to_base_layout(plan, full if full is not None else low.dense())
+                tensors[f"{plan.name}.weight"] = _in_dtype(plan, loaded, update, dtype)
         config = _config(ranks, loaded) if spec.output == "lora" else None
         return MergeResult(tensors, config, _report(spec, loaded, device, dtype, entries, started), ranks)
     finally:
@@ -348,7 +349,8 @@ def _write_delta(path: Path, loaded, plans, spec, device, dtype, progress, entri
     try:
         for plan, low, full, entry in _iter_merge(loaded, plans, spec, device, progress, 0.99):
             update = full if full is not None else low.dense()
-            stream.write(f"{plan.name}.weight", _in_dtype(plan, loaded, _to_base_layout(plan, update), dtype))
+            stream.write(f"{plan.name}.weight",
+                         _in_dtype(plan, loaded, _to_base_layout(plan, update), dtype))
             entries.append(entry)
     except BaseException:
         stream.abort()
