@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 import torch
 
 from hub.merge.factored import LowRank, energy_fraction, split_factors
+from hub.merge.spec import DENSE_METHODS
 from hub.merge.threads import single_threaded_pool
 
 #: Dense merges go by blocks of rows of about this many bytes (all sources together):
@@ -131,9 +132,6 @@ def _dare_mask(like: torch.Tensor, density: float, generator: torch.Generator) -
     """PEFT's DARE mask for `like`, drawn from `generator`: one uniform draw per entry in order
     on a CPU, so the masks of consecutive blocks of rows are those of the whole update."""
     return torch.bernoulli(torch.full_like(like, density), generator=generator)
-
-
-DENSE_METHODS = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
 
 
 def combine(method: str, delta: Callable[[int, int, int], torch.Tensor], shape: tuple[int, int],
