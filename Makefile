@@ -28,7 +28,7 @@ run: install
 	PORT=$(PORT) $(VENV)/bin/lorastack serve
 
 test: install
-	$(VENV)/bin/ruff check --select F hub tests bench migrations
+	$(VENV)/bin/ruff check --select F hub tests bench
 	$(PY) -m pytest -q
 
 bench: install

@@ -21,7 +21,8 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Inside the package (as warehouse keeps warehouse/migrations), so an installed wheel has them.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 class Base(DeclarativeBase):
