@@ -150,6 +150,14 @@ class VersionFile(Base):
     blob_key: Mapped[str] = mapped_column(String(128))
 
 
+class BlobLock(Base):
+    """A per-blob lock for the length of one transaction (hub.services.blobs); never kept."""
+
+    __tablename__ = "blob_locks"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+
 class VersionParent(Base):
     """Lineage: a merged version names the versions it was made from, with weights."""
 

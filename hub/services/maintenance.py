@@ -7,14 +7,16 @@ from sqlalchemy import exists, select
 
 from hub.db import Database
 from hub.models import VersionFile, utcnow
+from hub.services.blobs import lock_blobs
 from hub.storage import BlobStore
 
 
 def collect_garbage(db: Database, store: BlobStore, *, grace_hours: float = 24.0,
                     dry_run: bool = False) -> list[str]:
     """Delete blobs no row names that are older than the grace period; return their keys."""
-    # The grace period covers a publish whose blob is written but whose row is not yet
-    # committed: such a blob is young (a dedup hit refreshes it too), so it is not taken.
+    # The grace period spares a publish whose blob is written but whose row is not yet
+    # committed (a young blob; a dedup hit on the local store refreshes it too) from
+    # storing it twice; the lock below is what keeps its bytes.
     cutoff = utcnow() - timedelta(hours=grace_hours)
     with db.session() as session:
         named = set(session.scalars(select(VersionFile.blob_key).distinct()))
@@ -22,12 +24,16 @@ def collect_garbage(db: Database, store: BlobStore, *, grace_hours: float = 24.0
     for key, modified in store.iter_blobs():
         if key in named or modified > cutoff:
             continue
-        # Ask again in a fresh transaction right before deleting: a publish may have
-        # committed a row naming this blob since the list above was read.
+        # Ask again right before deleting, under the blob's lock (hub.services.blobs): a
+        # publish may have committed a row naming it since the list above was read, and
+        # one naming it from now on waits for this transaction, then finds it gone and
+        # stores it again.
         with db.session() as session:
+            if not dry_run:
+                lock_blobs(session, [key])
             if session.scalar(select(exists().where(VersionFile.blob_key == key))):
                 continue
-        if not dry_run:
-            store.delete(key)
+            if not dry_run:
+                store.delete(key)
         removed.append(key)
     return removed

@@ -14,6 +14,7 @@ from hub.formats import AdapterInfo, validate_upload
 from hub.licenses import get_license, validate_license_fields
 from hub.models import Adapter, User, Version, VersionFile, utcnow
 from hub.services.accounts import Principal
+from hub.services.blobs import lock_blobs
 from hub.services.catalog import require_owner, set_tags
 from hub.services.names import (Metadata, check_adapter_name, check_tags, check_user_name,
                                 check_version_label)
@@ -105,6 +106,12 @@ def publish_version(session: Session, store: BlobStore, principal: Principal | N
                        sha256=upload.sha256, consume=True)
     for attempt in range(2):
         try:
+            # Under the blobs' locks, to the commit: gc may have deleted one that was
+            # already stored (an orphan) since; put_file checks and uploads it again.
+            lock_blobs(session, (blob_key(upload.sha256) for upload in uploads))
+            for upload in uploads:
+                store.put_file(blob_key(upload.sha256), upload.path, size=upload.size,
+                               sha256=upload.sha256, consume=True)
             adapter, version = _insert(session, principal, owner_row, name, label, uploads,
                                        info, license_choice, metadata, print_)
             break
