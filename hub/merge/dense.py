@@ -65,20 +65,32 @@ def _bracketed_kth_largest(flat: torch.Tensor, k: int, sample_size: int = 1 << 1
     (0.26-0.3 s against 0.8-1.2 s: the passes over the tensor are memory-bound).
     """
     n = flat.numel()
-    g = torch.Generator(device=flat.device)
-    g.manual_seed(n * 1_000_003 + k)  # deterministic: same input, same work
-    sample = torch.sort(flat[torch.randint(n, (sample_size,), generator=g, device=flat.device)]).values
-    target = (n - k) / max(n - 1, 1) * (sample_size - 1)  # its ascending rank within the sample
-    p = k / n
-    margin = 6 * math.sqrt(sample_size * p * (1 - p)) + 8
-    lo = sample[max(0, math.floor(target - margin))]
-    hi = sample[min(sample_size - 1, math.ceil(target + margin))]
+    lo, hi, _ = _bracket(torch.sort(flat[_sample_positions(n, k, sample_size, flat.device)]).values, n, k)
     below_hi = flat <= hi
     above = n - int(torch.count_nonzero(below_hi))  # NaN counts as above, as in kthvalue
     inside = flat[below_hi.logical_and_(flat >= lo)]
     if above < k <= above + inside.numel():
         return torch.kthvalue(inside, inside.numel() - (k - above) + 1).values
     return torch.kthvalue(flat, n - k + 1).values
+
+
+def _sample_positions(n: int, k: int, sample_size: int, device: torch.device | None = None
+                      ) -> torch.Tensor:
+    """Where the bracketing sample is taken: deterministic, same input, same work."""
+    g = torch.Generator(device=device)
+    g.manual_seed(n * 1_000_003 + k)
+    return torch.randint(n, (sample_size,), generator=g, device=device)
+
+
+def _bracket(sample: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(lo, hi, margin): values of the sorted `sample` six standard deviations of rank either
+    side of where the k-th largest of n falls."""
+    size = sample.numel()
+    target = (n - k) / max(n - 1, 1) * (size - 1)  # its ascending rank within the sample
+    p = k / n
+    margin = 6 * math.sqrt(size * p * (1 - p)) + 8
+    return (sample[max(0, math.floor(target - margin))],
+            sample[min(size - 1, math.ceil(target + margin))], margin)
 
 
 def _magnitude_cut(flat_abs: torch.Tensor, density: float) -> tuple[torch.Tensor | None, int | None]:
@@ -170,7 +182,7 @@ def combine(method: str, delta: Callable[[int, int, int], torch.Tensor], shape: 
     dare = method.startswith("dare") and density < 1
     workers = min(n, torch.get_num_threads()) if dare and probe.device.type == "cpu" else 1
     if method in ("ties", "magnitude_prune"):
-        cuts = [_magnitude_cuts(delta, i, spans, shape, density) for i in range(n)]
+        cuts = [_magnitude_cuts(delta, i, spans, shape, density, probe.device) for i in range(n)]
     else:
         generators = [torch.Generator(device=probe.device).manual_seed(source_seed(seed, module, i))
                       for i in range(n)]
@@ -203,18 +215,79 @@ def combine(method: str, delta: Callable[[int, int, int], torch.Tensor], shape: 
 
 
 def _magnitude_cuts(delta: Callable[[int, int, int], torch.Tensor], i: int,
-                    spans: list[tuple[int, int]], shape: tuple[int, int], density: float
-                    ) -> tuple[torch.Tensor | None, int | None] | None:
-    """`_magnitude_cut` of source i's whole update, from its blocks; None when nothing is pruned."""
+                    spans: list[tuple[int, int]], shape: tuple[int, int], density: float,
+                    device: torch.device) -> tuple[torch.Tensor | None, int | None] | None:
+    """`_magnitude_cut` of source i's whole update, from its blocks; None when nothing is pruned.
+
+    On a CPU, from BRACKET_MIN values, without ever holding the update's d x k magnitudes
+    (`_streamed_cut`); elsewhere from the magnitudes gathered whole.
+    """
     if density >= 1:
         return None
+    n = shape[0] * shape[1]
+    k = int(density * n)
+    if k <= 0:
+        return None, None
+
+    def blocks() -> Iterable[tuple[int, torch.Tensor]]:  # (flat start, |block| flattened)
+        for lo, hi in spans:
+            yield lo * shape[1], delta(i, lo, hi).abs_().reshape(-1)
+
+    if device.type == "cpu" and n >= BRACKET_MIN:
+        found = _streamed_cut(blocks, n, k)
+        if found is not None:
+            return found
     magnitudes = None
-    for lo, hi in spans:
-        block = delta(i, lo, hi)
+    for start, block in blocks():
         if magnitudes is None:
-            magnitudes = torch.empty(shape, dtype=block.dtype, device=block.device)
-        torch.abs(block, out=magnitudes[lo:hi])
-    return _magnitude_cut(magnitudes.reshape(-1), density)
+            magnitudes = torch.empty(n, dtype=block.dtype, device=block.device)
+        magnitudes[start:start + block.numel()] = block
+    return _magnitude_cut(magnitudes, density)
+
+
+def _streamed_cut(blocks: Callable[[], Iterable[tuple[int, torch.Tensor]]], n: int, k: int,
+                  sample_size: int = 1 << 18) -> tuple[torch.Tensor, int | None] | None:
+    """`_magnitude_cut` keeping k of n magnitudes, from two passes over their blocks.
+
+    `_bracketed_kth_largest` on a tensor that is never whole: the first pass gathers the
+    random sample (the same positions), the second counts the values above the bracket and
+    keeps those inside it with their flat indices (~1% of a module), where the threshold
+    and the tied entries are. Each block is compared while in cache, and the d x k
+    magnitudes (180 MB on a 4096 x 11008 update) are never held: TIES 1.13x and magnitude
+    pruning 1.2x faster on a LLaMA-7B layer (2 cores). None when the bracket misses (about
+    never) or holds far more than it should: the caller selects over the whole magnitudes.
+    """
+    positions = torch.sort(_sample_positions(n, k, sample_size)).values
+    pieces = []
+    for start, block in blocks():
+        a, b = torch.searchsorted(positions, torch.tensor([start, start + block.numel()])).tolist()
+        pieces.append(block[positions[a:b] - start])
+    lo, hi, margin = _bracket(torch.sort(torch.cat(pieces)).values, n, k)
+    # Room for twice the values the bracket should hold: one allocation each, not one per
+    # block (small tensors kept between big blocks freed would fragment the heap).
+    room = int(2 * n * (2 * margin + 2) / sample_size) + 1024
+    values = torch.empty(room, dtype=lo.dtype)
+    indices = torch.empty(room, dtype=torch.int64)
+    above = greater = held = 0
+    for start, block in blocks():
+        below_hi = block <= hi
+        above += block.numel() - int(torch.count_nonzero(below_hi))  # NaN ranks above, as in kthvalue
+        greater += int(torch.count_nonzero(block > hi))  # NaN is never >= a threshold
+        where = below_hi.logical_and_(block >= lo).nonzero().reshape(-1)
+        if held + where.numel() > room:
+            return None
+        torch.index_select(block, 0, where, out=values[held:held + where.numel()])
+        torch.add(where, start, out=indices[held:held + where.numel()])
+        held += where.numel()
+    inside, indices = values[:held], indices[:held]
+    if not above < k <= above + held:
+        return None
+    threshold = torch.kthvalue(inside, inside.numel() - (k - above) + 1).values
+    excess = greater + int(torch.count_nonzero(inside >= threshold)) - k
+    if excess <= 0:
+        return threshold, None
+    ties = indices[inside == threshold]
+    return threshold, int(ties[ties.numel() - excess])
 
 
 def _elected_positive(pruned: Iterable[torch.Tensor], sign_method: str) -> torch.Tensor:

@@ -254,6 +254,52 @@ def test_bracketed_selection_is_exact_even_when_its_sample_misses(n, seed, sampl
     assert _bracketed_kth_largest(flat, k, sample_size) == expected
 
 
+@FAST
+@given(st.integers(1, 3000), st.integers(0, 2**31 - 1), st.one_of(st.integers(1, 64), st.just(4096)),
+       st.sampled_from([2, 7, 1000]), st.integers(1, 500), st.booleans(), st.data())
+def test_streamed_cut_is_the_whole_tensors_cut_or_admits_a_miss(n, seed, sample_size, levels, block,
+                                                                 nan, data):
+    # Small samples make the bracket miss often (then it must say so: None); few levels make
+    # many magnitudes tie with the threshold, across block edges.
+    g = torch.Generator().manual_seed(seed)
+    flat = torch.randint(0, levels, (n,), generator=g).float().mul_(0.37)
+    if nan:
+        flat[::17] = float("nan")
+    k = data.draw(st.integers(1, n))
+    starts = range(0, n, block)
+    got = dense._streamed_cut(lambda: ((a, flat[a:a + block].clone()) for a in starts), n, k,
+                              sample_size)
+    if got is not None:
+        threshold, cut = dense._magnitude_cut(flat.clone(), k / n + 0.5 / n)
+        assert int((k / n + 0.5 / n) * n) == k
+        assert torch.equal(got[0], threshold) and got[1] == cut
+
+
+@pytest.mark.parametrize("method", ["ties", "magnitude_prune"])
+def test_a_module_sized_magnitude_cut_is_streamed_and_equals_the_whole_one(method, monkeypatch):
+    # Above BRACKET_MIN values a CPU finds each source's threshold from its blocks twice over
+    # instead of holding its magnitudes: same output bits, whatever the block size.
+    if DEVICE != "cpu":
+        pytest.skip("CUDA sorts the whole magnitudes")
+    g = torch.Generator().manual_seed(4)
+    shape = (1100, 1000)
+    dws = [torch.randint(-40, 41, shape, generator=g).float().mul_(0.01) for _ in range(3)]
+    assert shape[0] * shape[1] >= BRACKET_MIN
+    streamed = []
+    real = dense._streamed_cut
+    monkeypatch.setattr(dense, "_streamed_cut", lambda *a, **kw: streamed.append(1) or real(*a, **kw))
+    ours = {rows: _ours(method, dws, [1.0, 0.5, -0.7], 0.3, block_rows=rows) for rows in (97, 1100)}
+    assert len(streamed) == 6
+    monkeypatch.setattr(dense, "BRACKET_MIN", 1 << 40)  # the whole magnitudes, as before
+    whole = _ours(method, dws, [1.0, 0.5, -0.7], 0.3, block_rows=97)
+    assert len(streamed) == 6
+    for got in ours.values():
+        assert torch.equal(got, whole)
+    if method == "magnitude_prune":
+        expected = sum(w * magnitude_prune(dw.clone(), 0.3) for w, dw in zip([1.0, 0.5, -0.7], dws))
+        torch.testing.assert_close(whole, expected)
+
+
 def test_bracketed_selection_ranks_nan_as_kthvalue_does():
     g = torch.Generator().manual_seed(8)
     flat = torch.rand(BRACKET_MIN + 1, generator=g)
