@@ -21,8 +21,10 @@ def parse_source(arg: str) -> SourceSpec:
         try:
             weight = float(tail)
         except ValueError:
-            # "C:\\x" or "dir:name": the colon belongs to the path, unless the path is missing
-            # and the tail looks like a weight someone mistyped (refused below, not guessed).
+            # "C:\\x" or "dir:name": the colon belongs to the path, unless no such path
+            # exists while the part before the colon does: then the tail is a mistyped weight.
+            if not Path(arg).exists() and Path(head).is_dir():
+                raise InvalidMerge(f"weight for {head} is not a number: {tail!r}") from None
             weight = 1.0
         else:
             path = head

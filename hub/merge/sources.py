@@ -215,6 +215,9 @@ def _refuse_key(folder: Path, key: str) -> None:
 def load_source(path: Path, weight: float) -> LoraSource:
     """Read and check a LoRA folder's config and safetensors header (factors load later)."""
     folder = Path(path)
+    if folder.is_file():
+        raise MissingFile(f"{folder} is a file, not an adapter folder: give the folder that"
+                          " holds adapter_config.json")
     if not folder.is_dir():
         raise MissingFile(f"adapter folder not found: {folder}")
     config = _read_config(folder)

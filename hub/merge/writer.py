@@ -178,6 +178,8 @@ def check_target(out_dir: Path) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InvalidMerge(f"output {out_dir} already exists and is not an empty folder")
     parent = out_dir.absolute().parent
+    if parent.exists() and not parent.is_dir():
+        raise InvalidMerge(f"output parent {parent} is not a folder")
     if not parent.is_dir():
         raise InvalidMerge(f"output parent folder {parent} does not exist")
 
@@ -187,7 +189,11 @@ def staging(out_dir: Path) -> Iterator[Path]:
     """A temp folder beside `out_dir`, moved into place only if the block succeeds."""
     out_dir = Path(out_dir).absolute()
     check_target(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    except OSError as exc:  # permissions, a read-only mount, a full disk
+        raise InvalidMerge(f"cannot write the output in {out_dir.parent}: "
+                           f"{exc.strerror or exc}") from None
     try:
         yield tmp
         os.chmod(tmp, 0o755)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -99,6 +100,34 @@ def test_refuses_an_output_folder_that_is_not_empty(adapters, tmp_path):
     result = CliRunner().invoke(merge_local, [str(adapters["llama_a"]), "-o", str(out)])
     assert result.exit_code != 0 and "already exists" in result.output
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_a_weight_that_is_not_a_number_is_named_as_such(adapters, tmp_path):
+    # "DIR:abc" with DIR an adapter: a mistyped weight, not a folder named "DIR:abc".
+    line = _refused(tmp_path, [f"{adapters['llama_a']}:0,5", str(adapters["llama_b"])],
+                    "weight", "is not a number", "'0,5'")
+    assert "not found" not in line
+
+
+def test_a_file_given_as_a_source_is_called_a_file(adapters, tmp_path):
+    _refused(tmp_path, [str(adapters["llama_a"] / "adapter_config.json")],
+             "is a file", "the folder that holds adapter_config.json")
+
+
+def test_an_output_under_a_file_or_an_unwritable_folder_is_refused_in_one_line(adapters, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    result = CliRunner().invoke(merge_local, [str(adapters["llama_a"]), "-o", str(blocker / "m")])
+    assert result.exit_code != 0
+    assert result.output.strip() == f"Error: output parent {blocker} is not a folder"
+    # A folder nobody may create files in, root included (a read-only mount would do too).
+    proc = Path("/proc")
+    if not proc.is_dir():
+        pytest.skip("no /proc here")
+    result = CliRunner().invoke(merge_local, [str(adapters["llama_a"]), "-o", str(proc / "lorastack-m")])
+    assert result.exit_code != 0
+    assert result.output.strip().startswith("Error: cannot write the output in /proc: ")
+    assert "merge failed" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args,needle", [
