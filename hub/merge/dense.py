@@ -255,7 +255,8 @@ def _streamed_cut(blocks: Callable[[], Iterable[tuple[int, torch.Tensor]]], n: i
     and the tied entries are. Each block is compared while in cache, and the d x k
     magnitudes (180 MB on a 4096 x 11008 update) are never held: TIES 1.13x and magnitude
     pruning 1.2x faster on a LLaMA-7B layer (2 cores). None when the bracket misses (about
-    never) or holds far more than it should: the caller selects over the whole magnitudes.
+    never) or holds more than twice what it should (many equal magnitudes: an untrained
+    adapter's zeros, coarse quantization): the caller selects over the whole magnitudes.
     """
     positions = torch.sort(_sample_positions(n, k, sample_size)).values
     pieces = []

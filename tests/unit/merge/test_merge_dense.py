@@ -275,21 +275,31 @@ def test_streamed_cut_is_the_whole_tensors_cut_or_admits_a_miss(n, seed, sample_
         assert torch.equal(got[0], threshold) and got[1] == cut
 
 
+@pytest.mark.parametrize("levels", ["fine", "coarse"])
 @pytest.mark.parametrize("method", ["ties", "magnitude_prune"])
-def test_a_module_sized_magnitude_cut_is_streamed_and_equals_the_whole_one(method, monkeypatch):
+def test_a_module_sized_magnitude_cut_is_streamed_and_equals_the_whole_one(method, levels, monkeypatch):
     # Above BRACKET_MIN values a CPU finds each source's threshold from its blocks twice over
-    # instead of holding its magnitudes: same output bits, whatever the block size.
+    # instead of holding its magnitudes: same output bits, whatever the block size. "fine":
+    # ~30 entries per value, ties at the threshold straddle blocks; "coarse": 41 values, so
+    # the bracket holds more than its room and the whole magnitudes decide (the old path).
     if DEVICE != "cpu":
         pytest.skip("CUDA sorts the whole magnitudes")
     g = torch.Generator().manual_seed(4)
     shape = (1100, 1000)
-    dws = [torch.randint(-40, 41, shape, generator=g).float().mul_(0.01) for _ in range(3)]
+    if levels == "fine":
+        dws = [torch.randn(shape, generator=g).mul_(1e4).round_().mul_(1e-4) for _ in range(3)]
+    else:
+        dws = [torch.randint(-40, 41, shape, generator=g).float().mul_(0.01) for _ in range(3)]
     assert shape[0] * shape[1] >= BRACKET_MIN
     streamed = []
     real = dense._streamed_cut
-    monkeypatch.setattr(dense, "_streamed_cut", lambda *a, **kw: streamed.append(1) or real(*a, **kw))
+    monkeypatch.setattr(dense, "_streamed_cut",
+                        lambda *a, **kw: streamed.append(real(*a, **kw)) or streamed[-1])
     ours = {rows: _ours(method, dws, [1.0, 0.5, -0.7], 0.3, block_rows=rows) for rows in (97, 1100)}
     assert len(streamed) == 6
+    assert all((cut is not None) == (levels == "fine") for cut in streamed)
+    if levels == "fine":
+        assert any(cut[1] is not None for cut in streamed)  # tied entries were cut
     monkeypatch.setattr(dense, "BRACKET_MIN", 1 << 40)  # the whole magnitudes, as before
     whole = _ours(method, dws, [1.0, 0.5, -0.7], 0.3, block_rows=97)
     assert len(streamed) == 6
