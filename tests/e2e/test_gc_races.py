@@ -6,7 +6,7 @@ import hashlib
 import threading
 from pathlib import Path
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 
 from hub.models import Adapter, BlobLock
 from hub.services.blobs import lock_blobs
@@ -55,6 +55,7 @@ def test_a_blob_lock_waits_for_the_transaction_that_holds_it(app, settings):
         with db.session() as session:
             lock_blobs(session, ["sha256/aa/bb/x"])
             with db.session() as other:
+                other.execute(text("SET LOCAL lock_timeout = '10s'"))  # fail, not hang
                 lock_blobs(other, ["sha256/aa/bb/z"])
     with db.session() as session:  # nothing is kept
         assert session.scalar(select(func.count()).select_from(BlobLock)) == 0
