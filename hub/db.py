@@ -48,8 +48,10 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
+    # READ COMMITTED whatever the server's default: a statement that waited on a lock (the
+    # blob locks of hub.services.blobs) must see what the holder committed meanwhile.
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10,
-                         connect_args={"connect_timeout": 5})
+                         isolation_level="READ COMMITTED", connect_args={"connect_timeout": 5})
 
 
 class Database:

@@ -11,7 +11,11 @@ The lock is a row of `blob_locks` inserted and deleted again in the same transac
 nothing is ever kept, and a second insert of the same key waits for the first transaction
 to end, then goes ahead (PostgreSQL: "if it commits without deleting the conflicting row
 again, there is a uniqueness violation", so here there is none; SQLite: the insert takes
-the database's write lock, which is held to the commit).
+the database's write lock, which is held to the commit). Two things this rests on: on
+PostgreSQL, READ COMMITTED (hub.db pins it), so that gc's check after waiting sees the
+publish's rows; on SQLite, pysqlite's implicit BEGIN right before the first write, so that
+the lock's insert starts the transaction and waits (busy_timeout) rather than failing with
+SQLITE_BUSY_SNAPSHOT on a read snapshot taken earlier.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Maintenance: garbage-collecting orphan blobs."""
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 from sqlalchemy import exists, select
@@ -18,6 +19,7 @@ def collect_garbage(db: Database, store: BlobStore, *, grace_hours: float = 24.0
     # committed (a young blob; a dedup hit on the local store refreshes it too) from
     # storing it twice; the lock below is what keeps its bytes.
     cutoff = utcnow() - timedelta(hours=grace_hours)
+    pace = not dry_run and db.engine.dialect.name == "sqlite"
     with db.session() as session:
         named = set(session.scalars(select(VersionFile.blob_key).distinct()))
     removed = []
@@ -28,6 +30,7 @@ def collect_garbage(db: Database, store: BlobStore, *, grace_hours: float = 24.0
         # publish may have committed a row naming it since the list above was read, and
         # one naming it from now on waits for this transaction, then finds it gone and
         # stores it again.
+        locked = time.monotonic()
         with db.session() as session:
             if not dry_run:
                 lock_blobs(session, [key])
@@ -36,4 +39,8 @@ def collect_garbage(db: Database, store: BlobStore, *, grace_hours: float = 24.0
             if not dry_run:
                 store.delete(key)
         removed.append(key)
+        if pace:
+            # SQLite's one write lock: leave other writers as long again to get in, or
+            # they sleep through every gap between two keys and time out (30 s).
+            time.sleep(min(time.monotonic() - locked, 1.0))
     return removed

@@ -39,8 +39,11 @@ class LocalBlobStore(BlobStore):
         if self.size(key) == size:
             # Content-addressed: same key and size means the same bytes. Refresh the time
             # so `lorastack gc` sees a blob that a publish is about to name as young.
-            os.utime(target)
-            return
+            try:
+                os.utime(target)
+                return
+            except FileNotFoundError:
+                pass  # gc took it meanwhile: store it again
         tmp: str | None = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)

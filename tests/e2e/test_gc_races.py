@@ -109,3 +109,38 @@ def test_a_publish_waits_for_the_gc_that_is_deleting_its_blob(app, client, make_
     assert _stored(hub, key) == (lora_dir / "adapter_model.safetensors").read_bytes()
     download = client.get("/api/v1/adapters/alice/second/versions/1/files/adapter_model.safetensors")
     assert download.status_code in (200, 302)
+
+
+def test_gc_waiting_on_a_publish_sees_its_rows_and_spares_the_blob(app, client, make_user,
+                                                                   lora_dir, monkeypatch):
+    hub = app.extensions["lorastack"]
+    token = make_user("alice")
+    key = _orphaned(hub, client, token, lora_dir)
+    if hub.db.engine.dialect.name == "postgresql":
+        # A server whose default is REPEATABLE READ: gc's check would read a snapshot taken
+        # before it waited, miss the publish's rows and delete the blob, unless the engine
+        # pins READ COMMITTED.
+        with hub.db.session() as session:
+            session.execute(text("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET "
+                                 "default_transaction_isolation = ''repeatable read''', "
+                                 "current_database()); END $$"))
+        hub.db.engine.dispose()
+    put_file = hub.store.put_file
+    calls: list[str] = []
+    gc: dict = {}
+
+    def put_and_gc_under_the_lock(k, path, **kwargs):
+        put_file(k, path, **kwargs)
+        calls.append(k)
+        if k == key and calls.count(key) == 2:  # the publish holds its blobs' locks now
+            gc["thread"] = threading.Thread(target=lambda: gc.setdefault(
+                "removed", collect_garbage(hub.db, hub.store, grace_hours=0)))
+            gc["thread"].start()
+            gc["thread"].join(timeout=1.0)  # it waits for our commit
+
+    monkeypatch.setattr(hub.store, "put_file", put_and_gc_under_the_lock)
+    assert publish(client, token, "alice/second", "1", lora_dir).status_code == 201
+    gc["thread"].join(timeout=60)
+    assert not gc["thread"].is_alive()
+    assert key not in gc["removed"]
+    assert _stored(hub, key) == (lora_dir / "adapter_model.safetensors").read_bytes()

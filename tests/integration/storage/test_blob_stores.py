@@ -206,6 +206,24 @@ def test_local_dedup_keeps_the_first_file_but_refreshes_its_time(tmp_path: Path)
     assert after.st_ino == before.st_ino and after.st_mtime > before.st_mtime + 1_000_000
 
 
+def test_local_dedup_stores_again_a_blob_deleted_after_its_size_was_read(tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    # `lorastack gc` may delete the old blob between the size check and the time refresh.
+    store = LocalBlobStore(tmp_path / "blobs")
+    key = _put(store, tmp_path, b"same bytes")
+    size = store.size
+
+    def size_then_gc(k):
+        answer = size(k)
+        store.delete(k)
+        return answer
+
+    monkeypatch.setattr(store, "size", size_then_gc)
+    _put(store, tmp_path, b"same bytes", name="again.bin")
+    monkeypatch.undo()
+    assert store.size(key) == len(b"same bytes")
+
+
 def test_local_check_fails_when_the_root_cannot_be_a_folder(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
