@@ -84,13 +84,16 @@ def _sample_positions(n: int, k: int, sample_size: int, device: torch.device | N
 
 def _bracket(sample: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(lo, hi, margin): values of the sorted `sample` six standard deviations of rank either
-    side of where the k-th largest of n falls."""
+    side of where the k-th largest of n falls; -inf / +inf where that passes the sample's
+    ends (a tiny or huge k: the sample's extremes would leave ~n / size values outside)."""
     size = sample.numel()
     target = (n - k) / max(n - 1, 1) * (size - 1)  # its ascending rank within the sample
     p = k / n
     margin = 6 * math.sqrt(size * p * (1 - p)) + 8
-    return (sample[max(0, math.floor(target - margin))],
-            sample[min(size - 1, math.ceil(target + margin))], margin)
+    low, high = math.floor(target - margin), math.ceil(target + margin)
+    lo = sample[low] if low > 0 else sample.new_tensor(-math.inf)
+    hi = sample[high] if high < size - 1 else sample.new_tensor(math.inf)
+    return lo, hi, margin
 
 
 def _magnitude_cut(flat_abs: torch.Tensor, density: float) -> tuple[torch.Tensor | None, int | None]:

@@ -275,6 +275,20 @@ def test_streamed_cut_is_the_whole_tensors_cut_or_admits_a_miss(n, seed, sample_
         assert torch.equal(got[0], threshold) and got[1] == cut
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_streamed_cut_of_a_tiny_or_huge_k_does_not_miss(seed):
+    # k near either end: the bracket reaches past the sample's extremes, where ~n / 2^18
+    # values lie; with the extremes as its edges it missed about a third of these.
+    n = BRACKET_MIN + 12345
+    flat = torch.rand(n, generator=torch.Generator().manual_seed(seed))
+    for k in (1, 5, 45, 225, n - 3, n):
+        got = dense._streamed_cut(lambda: ((a, flat[a:a + 50000].clone()) for a in range(0, n, 50000)),
+                                  n, k)
+        assert got is not None, k
+        threshold, cut = dense._magnitude_cut(flat.clone(), k / n + 0.5 / n)
+        assert torch.equal(got[0], threshold) and got[1] == cut
+
+
 @pytest.mark.parametrize("levels", ["fine", "coarse"])
 @pytest.mark.parametrize("method", ["ties", "magnitude_prune"])
 def test_a_module_sized_magnitude_cut_is_streamed_and_equals_the_whole_one(method, levels, monkeypatch):
