@@ -9,7 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hub.errors import NotFound, UnexpectedFile, UnknownLicense, VersionExists
+from hub.errors import (NotFound, StorageUnavailable, UnexpectedFile, UnknownLicense,
+                        VersionExists)
 from hub.formats import AdapterInfo, validate_upload
 from hub.licenses import get_license, validate_license_fields
 from hub.models import Adapter, User, Version, VersionFile, utcnow
@@ -101,17 +102,24 @@ def publish_version(session: Session, store: BlobStore, principal: Principal | N
     license_choice = _resolve_license(choice, info)
 
     # Blobs first: a row must never name bytes that are not stored yet.
-    for upload in uploads:
-        store.put_file(blob_key(upload.sha256), upload.path, size=upload.size,
-                       sha256=upload.sha256, consume=True)
-    for attempt in range(2):
+    _store(store, uploads)
+    for attempt in range(3):
         try:
-            # Under the blobs' locks, to the commit: gc may have deleted one that was
-            # already stored (an orphan) since; put_file checks and uploads it again.
+            # Under the blobs' locks, to the commit (hub.services.blobs): `lorastack gc` may
+            # have deleted one that was already stored (an old orphan) since.
             lock_blobs(session, (blob_key(upload.sha256) for upload in uploads))
-            for upload in uploads:
-                store.put_file(blob_key(upload.sha256), upload.path, size=upload.size,
-                               sha256=upload.sha256, consume=True)
+            gone = [u for u in uploads if store.size(blob_key(u.sha256)) != u.size]
+            if gone:
+                if attempt == 2:
+                    raise StorageUnavailable("The uploaded files were deleted from storage"
+                                             " while being published (is `lorastack gc`"
+                                             " running with no grace period?); send them"
+                                             " again.")
+                # Store them again without holding the locks (an upload can take minutes),
+                # then take the locks and look again.
+                session.rollback()
+                _store(store, gone)
+                continue
             adapter, version = _insert(session, principal, owner_row, name, label, uploads,
                                        info, license_choice, metadata, print_)
             break
@@ -123,9 +131,15 @@ def publish_version(session: Session, store: BlobStore, principal: Principal | N
             existing = _existing(session, owner_row.id, name, label)
             if existing is not None:
                 return _same_or_conflict(existing, print_, owner, name, label)
-            if attempt:
+            if attempt == 2:
                 raise
     return PublishResult(adapter, version, True)
+
+
+def _store(store: BlobStore, uploads: list[Upload]) -> None:
+    for upload in uploads:
+        store.put_file(blob_key(upload.sha256), upload.path, size=upload.size,
+                       sha256=upload.sha256, consume=True)
 
 
 def _existing(session: Session, owner_id: int, name: str, label: str) -> Version | None:

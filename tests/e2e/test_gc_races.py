@@ -125,22 +125,88 @@ def test_gc_waiting_on_a_publish_sees_its_rows_and_spares_the_blob(app, client, 
                                  "default_transaction_isolation = ''repeatable read''', "
                                  "current_database()); END $$"))
         hub.db.engine.dispose()
-    put_file = hub.store.put_file
+    size = hub.store.size
     calls: list[str] = []
     gc: dict = {}
 
-    def put_and_gc_under_the_lock(k, path, **kwargs):
-        put_file(k, path, **kwargs)
+    def size_and_gc_under_the_lock(k):
+        answer = size(k)
         calls.append(k)
-        if k == key and calls.count(key) == 2:  # the publish holds its blobs' locks now
+        if k == key and calls.count(key) == 2:  # put_file's check, then the locked one
             gc["thread"] = threading.Thread(target=lambda: gc.setdefault(
                 "removed", collect_garbage(hub.db, hub.store, grace_hours=0)))
             gc["thread"].start()
             gc["thread"].join(timeout=1.0)  # it waits for our commit
+        return answer
 
-    monkeypatch.setattr(hub.store, "put_file", put_and_gc_under_the_lock)
+    monkeypatch.setattr(hub.store, "size", size_and_gc_under_the_lock)
     assert publish(client, token, "alice/second", "1", lora_dir).status_code == 201
     gc["thread"].join(timeout=60)
     assert not gc["thread"].is_alive()
     assert key not in gc["removed"]
     assert _stored(hub, key) == (lora_dir / "adapter_model.safetensors").read_bytes()
+
+
+def test_a_publish_stores_a_blob_gc_took_again_without_holding_its_lock(app, settings, client,
+                                                                         make_user, lora_dir,
+                                                                         monkeypatch):
+    # Re-uploading can take minutes on S3: meanwhile gc and other publishes sharing the blob
+    # (on SQLite: every writer) must not wait on the publish's lock.
+    from hub.db import Database
+
+    hub = app.extensions["lorastack"]
+    token = make_user("alice")
+    key = _orphaned(hub, client, token, lora_dir)
+    put_file = hub.store.put_file
+    calls: list[str] = []
+    probe: dict = {}
+
+    def lock_meanwhile() -> None:
+        other = Database(settings.database_url)
+        try:
+            with other.session() as session:
+                if other.engine.dialect.name == "sqlite":
+                    session.execute(text("PRAGMA busy_timeout = 3000"))
+                else:
+                    session.execute(text("SET LOCAL lock_timeout = '3s'"))
+                lock_blobs(session, [key])
+            probe["locked"] = True
+        except Exception as exc:  # a lock or busy timeout
+            probe["locked"] = exc
+        finally:
+            other.dispose()
+
+    def gc_then_probe(k, path, **kwargs):
+        calls.append(k)
+        if k == key and calls.count(key) == 2:  # storing it again: is its lock free?
+            thread = threading.Thread(target=lock_meanwhile)
+            thread.start()
+            thread.join(timeout=30)
+        put_file(k, path, **kwargs)
+        if k == key and calls.count(key) == 1:  # a dedup hit on the old orphan
+            collect_garbage(hub.db, hub.store, grace_hours=0)
+
+    monkeypatch.setattr(hub.store, "put_file", gc_then_probe)
+    assert publish(client, token, "alice/second", "1", lora_dir).status_code == 201
+    assert calls.count(key) == 2 and probe["locked"] is True
+    assert _stored(hub, key) == (lora_dir / "adapter_model.safetensors").read_bytes()
+
+
+def test_a_publish_whose_blobs_keep_vanishing_gives_up_with_a_clear_503(app, client, make_user,
+                                                                       lora_dir, monkeypatch):
+    from tests.e2e.helpers import assert_problem
+
+    hub = app.extensions["lorastack"]
+    token = make_user("alice")
+    put_file = hub.store.put_file
+
+    def put_then_lose(k, path, **kwargs):
+        put_file(k, path, **kwargs)
+        hub.store.delete(k)  # a gc with no grace period, every time
+
+    monkeypatch.setattr(hub.store, "put_file", put_then_lose)
+    body = assert_problem(publish(client, token, "alice/gone", "1", lora_dir), 503,
+                          "storage_unavailable")
+    assert "send them again" in body["detail"]
+    monkeypatch.undo()
+    assert client.get("/api/v1/adapters/alice/gone").status_code == 404  # nothing half-written
