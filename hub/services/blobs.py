@@ -4,8 +4,9 @@ Blobs are content-addressed, so a publish whose bytes are already stored (an old
 say) skips the upload, while gc may be deleting that very blob because no row names it
 yet. Each side therefore takes the blob's lock in its transaction: gc around its last
 "does a row name it?" check and the delete, publish around its last "is it stored?" check
-(re-uploading when gc won) and the insert of the rows that name it. Whichever comes
-second waits for the other's commit and then sees what it did.
+and the insert of the rows that name it (when gc won, publish lets go, stores the blob
+again and looks again). Whichever comes second waits for the other's commit and then sees
+what it did.
 
 The lock is a row of `blob_locks` inserted and deleted again in the same transaction:
 nothing is ever kept, and a second insert of the same key waits for the first transaction

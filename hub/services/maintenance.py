@@ -40,7 +40,8 @@ def collect_garbage(db: Database, store: BlobStore, *, grace_hours: float = 24.0
                 store.delete(key)
         removed.append(key)
         if pace:
-            # SQLite's one write lock: leave other writers as long again to get in, or
-            # they sleep through every gap between two keys and time out (30 s).
+            # SQLite's one write lock: leave other writers as long again as this key took
+            # (at most 1 s) to get in, or they sleep through every gap between two keys and
+            # time out (30 s).
             time.sleep(min(time.monotonic() - locked, 1.0))
     return removed
