@@ -1,37 +1,32 @@
-"""The Flask application factory and the objects it wires together."""
+"""The Flask application factory: settings, the Hub, the surfaces and their error pages."""
 from __future__ import annotations
 
+import html
+import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from typing import Callable
 
-from flask import Flask, current_app, g, request
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from hub.config import Settings
-from hub.db import Database
-from hub.storage import BlobStore, open_store
+from hub.errors import (FileTooLarge, HubError, InternalError, InvalidRequest, MethodNotAllowed,
+                        NotFound)
+from hub.runtime import EXTENSION_KEY, open_hub
 
+log = logging.getLogger("hub.app")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
-
-@dataclass
-class Hub:
-    """What a request handler needs: settings, the database and the blob store."""
-
-    settings: Settings
-    db: Database
-    store: BlobStore
-
-
-def current_hub() -> Hub:
-    """The Hub of the running app."""
-    return current_app.extensions["lorastack"]
+#: How one surface renders a HubError: (path prefix, renderer); the longest prefix wins.
+Renderer = Callable[[HubError], Response]
 
 
 def build_app(settings: Settings | None = None) -> Flask:
     """Create the app: settings from the environment unless given; nothing global."""
-    from hub.api import api_v1, register_error_handlers
+    from hub.api import api_v1
+    from hub.api.problems import problem
     from hub.api.metrics import install_metrics
     from hub.api.uploads import HubRequest
 
@@ -44,12 +39,10 @@ def build_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False
-    hub = Hub(settings=settings, db=Database(settings.database_url),
-              store=open_store(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url))
-    app.extensions["lorastack"] = hub
+    app.extensions[EXTENSION_KEY] = open_hub(settings)
     (settings.data_dir / "tmp").mkdir(parents=True, exist_ok=True)
     app.register_blueprint(api_v1)
-    register_error_handlers(app)
+    _register_error_handlers(app, [("/api/", problem)])
     install_metrics(app)
 
     @app.before_request
@@ -66,3 +59,62 @@ def build_app(settings: Settings | None = None) -> Flask:
         return response
 
     return app
+
+
+def _register_error_handlers(app: Flask, renderers: list[tuple[str, Renderer]]) -> None:
+    """Every failure becomes a HubError, rendered by the surface whose path it reached."""
+    from hub.api.problems import problem
+
+    def render(error: HubError) -> Response:
+        path = request.path
+        matches = [(prefix, fn) for prefix, fn in renderers if path.startswith(prefix)]
+        if matches:
+            return max(matches, key=lambda match: len(match[0]))[1](error)
+        best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+        return _html_page(error) if best == "text/html" else problem(error)
+
+    @app.errorhandler(HubError)
+    def _hub_error(error: HubError):
+        return render(error)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(_error):
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        length = request.content_length
+        if limit is None or (length is not None and length <= limit):
+            # Not the upload: werkzeug's MAX_FORM_MEMORY_SIZE / MAX_FORM_PARTS tripped.
+            return render(InvalidRequest(
+                f"A form field is larger than {app.config.get('MAX_FORM_MEMORY_SIZE')} bytes,"
+                " or the form has too many parts; 'metadata' must be a small JSON object.",
+                status=413))
+        return render(FileTooLarge(f"The upload is larger than this hub accepts ({limit} bytes;"
+                                   " LORASTACK_MAX_UPLOAD_BYTES)."))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException):
+        if error.code == 404:
+            return render(NotFound("No such endpoint; see the API at /api/v1 "
+                                   "(its description: /api/v1/openapi.json)."))
+        if error.code == 405:
+            wrapped: HubError = MethodNotAllowed(error.description or error.name)
+        else:
+            wrapped = InvalidRequest(error.description or error.name, status=error.code)
+            wrapped.title = error.name
+        response = render(wrapped)
+        for key, value in error.get_headers():
+            if key.lower() != "content-type":  # Allow (405), Content-Range (416)
+                response.headers[key] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):
+        log.exception("unhandled error")
+        return render(InternalError("An internal error occurred; it has been logged."))
+
+
+def _html_page(error: HubError) -> Response:
+    """A plain page for paths outside every surface (a browser that opened a wrong URL)."""
+    body = (f"<!doctype html><html lang=en><meta charset=utf-8><title>{error.status}"
+            f" {html.escape(error.title)} · lorastack</title><h1>{html.escape(error.title)}</h1>"
+            f"<p>{html.escape(error.detail)}</p><p><code>{html.escape(error.code)}</code></p>")
+    return Response(body, status=error.status, mimetype="text/html")

@@ -5,13 +5,14 @@ from flask import current_app, jsonify, redirect, request, send_file
 
 from hub.api import api_v1
 from hub.api.auth import current_principal
-from hub.app import current_hub
+from hub.runtime import current_hub
 from hub.errors import InvalidRequest, InvalidVersion, UnexpectedFile
 from hub.formats import check_file_name
 from hub.services import catalog
 from hub.services.names import parse_metadata
 from hub.services.publish import LicenseChoice, Upload, publish_version
-from hub.services.views import adapter_detail, adapter_summary, version_view
+from hub.services.downloads import file_cache_control, redirect_cache_control
+from hub.services.shapes import adapter_detail, adapter_summary, version_view
 
 FORM_FIELDS = {"version", "license", "license_name", "license_link", "metadata"}
 COUNTED_FILE = "adapter_model.safetensors"
@@ -50,7 +51,8 @@ def publish(owner: str, name: str):
     hub = current_hub()
     principal = current_principal()
     # Checked again by the service; here it refuses before a multi-GB body is parsed.
-    catalog.require_owner(principal, owner)
+    with hub.db.session() as session:
+        catalog.require_owner(principal, owner, session)
     if request.mimetype != "multipart/form-data":
         raise InvalidRequest("Send a version as multipart/form-data: the fields version,"
                              " license, metadata and each file as a part named 'files'.",
@@ -111,6 +113,15 @@ def yank(owner: str, name: str, version: str):
         return jsonify(version_view(row, adapter))
 
 
+@api_v1.post("/adapters/<owner>/<name>/versions/<version>/unyank")
+def unyank(owner: str, name: str, version: str):
+    """Undo a yank: the version counts for `latest` again."""
+    with current_hub().db.session() as session:
+        adapter, row = catalog.unyank_version(session, current_principal(), owner, name,
+                                              version)
+        return jsonify(version_view(row, adapter))
+
+
 @api_v1.get("/adapters/<owner>/<name>/versions/<version>/files/<path:path>")
 def download(owner: str, name: str, version: str, path: str):
     """The bytes of a file: streamed with Range from the local store, a 302 on S3."""
@@ -118,17 +129,21 @@ def download(owner: str, name: str, version: str, path: str):
     with hub.db.session() as session:
         adapter, row, file = catalog.get_file(session, current_principal(), owner, name,
                                               version, path)
-    url = hub.store.presigned_url(file.blob_key, filename=file.path,
-                                  expires_in=hub.settings.presign_ttl)
+    pinned = version != "latest"
+    url = hub.store.presigned_url(
+        file.blob_key, filename=file.path, expires_in=hub.settings.presign_ttl,
+        cache_control=file_cache_control(adapter.visibility, pinned))
     if url is not None:
         response = redirect(url, code=302)
         response.headers["ETag"] = f'"{file.sha256}"'
+        response.headers["Cache-Control"] = redirect_cache_control(
+            adapter.visibility, pinned, hub.settings.presign_ttl)
     else:
         local = hub.store.local_path(file.blob_key)
         response = send_file(local, mimetype=_mimetype(file.path), download_name=file.path,
-                             conditional=True, etag=file.sha256, max_age=3600)
-        response.headers["Cache-Control"] = "public, max-age=31536000, immutable" \
-            if version != "latest" else "no-cache"
+                             conditional=True, etag=file.sha256, max_age=None)
+        response.headers["Cache-Control"] = file_cache_control(adapter.visibility, pinned)
+        response.headers.pop("Expires", None)
     # Count bytes that went out: not a HEAD, a 304 revalidation or a 416.
     if (path == COUNTED_FILE and request.method == "GET" and _first_byte_requested()
             and response.status_code in (200, 206, 302)):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import g, request
 
-from hub.app import current_hub
+from hub.runtime import current_hub
 from hub.errors import Unauthorized
 from hub.services.accounts import Principal, authenticate
 

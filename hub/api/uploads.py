@@ -72,6 +72,6 @@ class HubRequest(Request):
 
     def _get_file_stream(self, total_content_length, content_type, filename=None,
                          content_length=None):
-        from hub.app import current_hub
+        from hub.runtime import current_hub
 
         return HashingFile(str(current_hub().settings.data_dir / "tmp"))

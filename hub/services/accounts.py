@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hub.errors import InvalidRequest, NotFound, Unauthorized
+from hub.errors import InvalidRequest, NotFound, Unauthorized, UserExists
 from hub.models import Token, User, utcnow
 from hub.services.names import check_user_name
 
@@ -43,18 +43,16 @@ def hash_token(token: str) -> str:
 
 
 def create_user(session: Session, name: str, *, is_admin: bool = False) -> User:
-    """Create a user; InvalidRequest if the name is taken."""
+    """Create a user; UserExists if the name is taken."""
     check_user_name(name)
     if session.scalar(select(User).where(User.name == name)) is not None:
-        raise InvalidRequest(f"The user {name!r} already exists.", code="user_exists",
-                             status=409)
+        raise UserExists(f"The user {name!r} already exists.")
     user = User(name=name, is_admin=is_admin)
     session.add(user)
     try:
         session.flush()
     except IntegrityError:
-        raise InvalidRequest(f"The user {name!r} already exists.", code="user_exists",
-                             status=409) from None
+        raise UserExists(f"The user {name!r} already exists.") from None
     return user
 
 

@@ -10,12 +10,12 @@ from datetime import datetime
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from hub.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from hub.errors import Forbidden, InvalidRequest, InvalidVersion, NotFound, Unauthorized
 from hub.licenses import get_license
 from hub.models import Adapter, AdapterTag, User, Version, VersionFile, utcnow
 from hub.services.accounts import Principal
 from hub.services.names import check_adapter_name, check_text, check_user_name, parse_metadata
-from hub.services.views import latest_version
+from hub.services.shapes import latest_version
 
 SORTS = ("downloads", "created", "updated", "name")
 MAX_LIMIT = 100
@@ -102,14 +102,24 @@ def record_download(session: Session, adapter_id: int) -> None:
                     .values(downloads=Adapter.downloads + 1))
 
 
-def require_owner(principal: Principal | None, adapter_owner: str) -> Principal:
-    """The caller, if it may change `adapter_owner`'s adapters with a write token."""
+def require_owner(principal: Principal | None, adapter_owner: str,
+                  session: Session | None = None) -> Principal:
+    """The caller, if it may change `adapter_owner`'s adapters with a write token.
+
+    With a `session`, an owner that does not exist is named as such (NotFound), rather
+    than a refusal that suggests someone else owns the name.
+    """
     if principal is None:
         raise Unauthorized("This needs a token: send `Authorization: Bearer <token>`.")
     if not principal.can_write():
         raise Forbidden("This token has the read scope only; use a write token.")
     if not principal.owns(adapter_owner):
-        raise Forbidden(f"Only {adapter_owner} (or an admin) can change this adapter.")
+        if session is not None and session.scalar(
+                select(User.id).where(User.name == adapter_owner)) is None:
+            raise NotFound(f"No user {adapter_owner}: publish under your own name"
+                           f" ({principal.name}/...).")
+        raise Forbidden(f"Only {adapter_owner} (or an admin) can change this adapter;"
+                        f" your token is {principal.name}'s.")
     return principal
 
 
@@ -135,25 +145,56 @@ def update_adapter(session: Session, principal: Principal | None, owner: str, na
 
 
 def set_tags(adapter: Adapter, tags: list[str]) -> None:
-    """Replace the adapter's tags, keeping their order."""
-    adapter.tags.clear()
-    adapter.tags.extend(AdapterTag(tag=tag, position=i) for i, tag in enumerate(tags))
+    """Replace the adapter's tags with `tags` (checked, duplicates folded), in that order.
+
+    A tag the adapter keeps keeps its row: the unit of work flushes new rows before it
+    deletes orphans, so clearing and re-adding "sql" would insert the second ("adapter",
+    "sql") row while the first still exists.
+    """
+    wanted = list(dict.fromkeys(tags))
+    kept = {row.tag: row for row in adapter.tags if row.tag in wanted}
+    for row in [row for row in adapter.tags if row.tag not in kept]:
+        adapter.tags.remove(row)
+    for position, tag in enumerate(wanted):
+        row = kept.get(tag)
+        if row is None:
+            adapter.tags.append(AdapterTag(tag=tag, position=position))
+        else:
+            row.position = position
+    adapter.tags.sort(key=lambda row: row.position)
 
 
 def yank_version(session: Session, principal: Principal | None, owner: str, name: str,
                  label: str, reason: str | None) -> tuple[Adapter, Version]:
     """Hide a version from `latest`; it stays downloadable by its label."""
-    if label == "latest":
-        raise InvalidRequest("Yank a version by its label, not 'latest'.",
-                             code="invalid_version")
-    adapter, version = get_version(session, principal, owner, name, label)
-    require_owner(principal, owner)
+    adapter, version = _owned_version(session, principal, owner, name, label, "Yank")
     if reason is not None:
         check_text(reason, 1000, "'reason'", multiline=True)
     version.yanked = True
     version.yank_reason = reason or None
     adapter.updated_at = utcnow()
     session.flush()
+    return adapter, version
+
+
+def unyank_version(session: Session, principal: Principal | None, owner: str, name: str,
+                   label: str) -> tuple[Adapter, Version]:
+    """Undo a yank: the version counts for `latest` again (a no-op when not yanked)."""
+    adapter, version = _owned_version(session, principal, owner, name, label, "Unyank")
+    if version.yanked:
+        version.yanked = False
+        version.yank_reason = None
+        adapter.updated_at = utcnow()
+        session.flush()
+    return adapter, version
+
+
+def _owned_version(session: Session, principal: Principal | None, owner: str, name: str,
+                   label: str, verb: str) -> tuple[Adapter, Version]:
+    if label == "latest":
+        raise InvalidVersion(f"{verb} a version by its label, not 'latest'.")
+    adapter, version = get_version(session, principal, owner, name, label)
+    require_owner(principal, owner)
     return adapter, version
 
 

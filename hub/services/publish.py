@@ -82,7 +82,7 @@ def publish_version(session: Session, store: BlobStore, principal: Principal | N
     check_user_name(owner)
     check_adapter_name(name)
     check_version_label(label)
-    require_owner(principal, owner)
+    require_owner(principal, owner, session)
     names = [upload.name for upload in uploads]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -66,8 +66,10 @@ class BlobStore(ABC):
         """The blob's path on this machine, or None when the store is not local."""
         return None
 
-    def presigned_url(self, key: str, *, filename: str, expires_in: int) -> str | None:
-        """A short-lived download URL that names `filename`, or None when unsupported."""
+    def presigned_url(self, key: str, *, filename: str, expires_in: int,
+                      cache_control: str | None = None) -> str | None:
+        """A short-lived download URL that names `filename` and is served with `cache_control`,
+        or None when the store cannot sign URLs (the hub then streams the bytes itself)."""
         return None
 
     @abstractmethod

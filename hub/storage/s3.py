@@ -167,14 +167,17 @@ class S3BlobStore(BlobStore):
             response = self._client.get_object(Bucket=self.bucket, Key=object_key)
         return io.BufferedReader(_BodyReader(response["Body"], self, key), buffer_size=MiB)
 
-    def presigned_url(self, key: str, *, filename: str, expires_in: int) -> str | None:
-        """A GET URL valid `expires_in` seconds that downloads as `filename`."""
+    def presigned_url(self, key: str, *, filename: str, expires_in: int,
+                      cache_control: str | None = None) -> str | None:
+        """A GET URL valid `expires_in` seconds that downloads as `filename` (and, when
+        given, is served with `cache_control`)."""
         object_key = self._object_key(key)
         with self._converting("presign", key):
             return self._client.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": object_key,
-                        "ResponseContentDisposition": content_disposition(filename)},
+                        "ResponseContentDisposition": content_disposition(filename),
+                        **({"ResponseCacheControl": cache_control} if cache_control else {})},
                 ExpiresIn=int(expires_in))
 
     def delete(self, key: str) -> None:

@@ -254,3 +254,41 @@ def test_request_ids_are_echoed_only_when_short_and_plain(client):
         "X-Request-ID"] == "abc-1"
     odd = client.get("/api/v1/health", headers={"X-Request-ID": "x" * 65})
     assert len(odd.headers["X-Request-ID"]) == 16 and odd.headers["X-Request-ID"] != "x" * 16
+
+
+@pytest.mark.parametrize("label", ["1.0", "latest"])
+def test_private_files_are_never_marked_for_shared_caches(settings, client, make_user,
+                                                          lora_dir, label):
+    token = make_user("alice")
+    publish(client, token, "alice/secret", "1.0", lora_dir, metadata={"visibility": "private"})
+    url = f"/api/v1/adapters/alice/secret/versions/{label}/files/{MODEL}"
+    response = client.get(url, headers=auth(token))
+    assert response.status_code == (302 if is_s3(settings) else 200)
+    assert response.headers["Cache-Control"] == "private, no-store"
+    assert "Expires" not in response.headers
+    if is_s3(settings):  # the store serves the bytes with the same policy
+        fetched = requests.get(response.headers["Location"], timeout=30)
+        assert fetched.headers["Cache-Control"] == "private, no-store"
+        assert fetched.content == (lora_dir / MODEL).read_bytes()
+
+
+def test_public_files_have_one_cache_policy_whose_headers_agree(settings, client, make_user,
+                                                                lora_dir):
+    from hub.services.downloads import PUBLIC_MAX_AGE
+
+    token = make_user("alice")
+    publish(client, token, "alice/open", "1.0", lora_dir)
+    pinned = client.get(f"/api/v1/adapters/alice/open/versions/1.0/files/{MODEL}")
+    latest = client.get(f"/api/v1/adapters/alice/open/versions/latest/files/{MODEL}")
+    for response in (pinned, latest):
+        assert "Expires" not in response.headers and "private" not in response.headers[
+            "Cache-Control"]
+    assert latest.headers["Cache-Control"] == "public, no-cache"
+    if is_s3(settings):
+        # A cached redirect must not outlive the signature of the URL it points to.
+        age = int(pinned.headers["Cache-Control"].split("max-age=")[1])
+        assert 0 < age <= settings.presign_ttl // 2
+        fetched = requests.get(pinned.headers["Location"], timeout=30)
+        assert fetched.headers["Cache-Control"] == f"public, max-age={PUBLIC_MAX_AGE}"
+    else:
+        assert pinned.headers["Cache-Control"] == f"public, max-age={PUBLIC_MAX_AGE}"

@@ -246,3 +246,44 @@ def test_visibility_is_set_when_the_adapter_is_created_only(client, make_user, l
     assert second.status_code == 201
     # Still public: visibility changes go through PATCH, never as a side effect of a publish.
     assert client.get("/api/v1/adapters/alice/tiny").get_json()["visibility"] == "public"
+
+
+@pytest.mark.parametrize("second", [["sql", "code"], ["code", "sql"], ["sql", "rust"],
+                                    ["sql", "sql", "code", "code"], []],
+                         ids=["same", "reordered", "overlapping", "duplicated", "none"])
+def test_a_new_version_may_repeat_reorder_or_overlap_the_tags(client, make_user, lora_dir,
+                                                              second):
+    token = make_user("alice")
+    first = publish(client, token, "alice/tagged", "1.0.0", lora_dir,
+                    metadata={"tags": ["sql", "code"]})
+    assert first.status_code == 201, first.get_json()
+    response = publish(client, token, "alice/tagged", "1.1.0", lora_dir,
+                       metadata={"tags": second})
+    assert response.status_code == 201, response.get_json()
+    # Duplicates are folded (first one wins its place); an empty list keeps the old tags,
+    # as metadata that is not sent does.
+    expected = list(dict.fromkeys(second)) or ["sql", "code"]
+    assert client.get("/api/v1/adapters/alice/tagged").get_json()["tags"] == expected
+
+
+@pytest.mark.parametrize("tags", [["code", "sql"], ["sql", "math"], ["math"], ["sql", "sql"]],
+                         ids=["reordered", "overlapping", "disjoint", "duplicated"])
+def test_patch_may_repeat_reorder_or_overlap_the_tags(client, make_user, lora_dir, tags):
+    token = make_user("alice")
+    publish(client, token, "alice/tagged", "1.0.0", lora_dir, metadata={"tags": ["sql", "code"]})
+    response = client.patch("/api/v1/adapters/alice/tagged", json={"tags": tags},
+                            headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["tags"] == list(dict.fromkeys(tags))
+    search = client.get("/api/v1/adapters", query_string={"tag": tags[0]}).get_json()
+    assert [item["id"] for item in search["items"]] == ["alice/tagged"]
+
+
+def test_publishing_under_an_unknown_owner_names_the_missing_user(client, make_user, lora_dir):
+    token = make_user("alice")
+    body = assert_problem(publish(client, token, "carol/tiny", "1.0", lora_dir), 404,
+                          "not_found")
+    assert "No user carol" in body["detail"] and "alice/" in body["detail"]
+    make_user("bob")
+    body = assert_problem(publish(client, token, "bob/tiny", "1.0", lora_dir), 403, "forbidden")
+    assert "Only bob" in body["detail"]

@@ -6,7 +6,7 @@ from flask import jsonify
 from hub import __version__
 from hub.api import api_v1
 from hub.api.auth import require_principal
-from hub.app import current_hub
+from hub.runtime import current_hub
 from hub.errors import HubError
 from hub.licenses import list_licenses
 

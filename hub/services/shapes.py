@@ -1,4 +1,4 @@
-"""JSON shapes of API.md, built from models in one place."""
+"""JSON shapes of the API (AdapterSummary, Version, ...), built from models in one place."""
 from __future__ import annotations
 
 from datetime import datetime

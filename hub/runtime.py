@@ -1,0 +1,37 @@
+"""What every surface of a running hub shares: settings, the database and the blob store.
+
+The app factory builds a Hub once; the API, the web pages, the Hugging Face endpoint and
+the job runners all read it through `current_hub()` (in a request) or receive it directly
+(workers, the CLI), so none of them imports another to get at it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hub.config import Settings
+from hub.db import Database
+from hub.storage import BlobStore, open_store
+
+EXTENSION_KEY = "lorastack"
+
+
+@dataclass
+class Hub:
+    """What a request handler or a job needs: settings, the database and the blob store."""
+
+    settings: Settings
+    db: Database
+    store: BlobStore
+
+
+def open_hub(settings: Settings) -> Hub:
+    """Connect to the database and the blob store that `settings` name."""
+    return Hub(settings=settings, db=Database(settings.database_url),
+               store=open_store(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url))
+
+
+def current_hub() -> Hub:
+    """The Hub of the Flask app handling the current request."""
+    from flask import current_app
+
+    return current_app.extensions[EXTENSION_KEY]
