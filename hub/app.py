@@ -29,6 +29,7 @@ def build_app(settings: Settings | None = None) -> Flask:
     from hub.api.problems import problem
     from hub.api.metrics import install_metrics
     from hub.api.uploads import HubRequest
+    from hub.jobs import open_queue
 
     settings = settings or Settings.from_env()
     app = Flask("hub")
@@ -39,8 +40,10 @@ def build_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False
-    app.extensions[EXTENSION_KEY] = open_hub(settings)
+    hub = open_hub(settings)
+    app.extensions[EXTENSION_KEY] = hub
     (settings.data_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    hub.queue = open_queue(hub)
     app.register_blueprint(api_v1)
     _register_error_handlers(app, [("/api/", problem)])
     install_metrics(app)

@@ -25,6 +25,25 @@ class Settings:
     port: int = 8000
     # Presigned download URLs live this long (seconds).
     presign_ttl: int = 300
+    # The merge service: limits, workers and result lifetime.
+    device: str = "auto"
+    merge_attempts: int = 3
+    merge_ttl_days: float = 7.0
+    max_merge_sources: int = 16
+    max_merge_rank: int = 1024
+    max_merge_source_bytes: int = 64 * GiB
+    max_active_merges: int = 4
+    worker_cache_bytes: int = 20 * GiB
+    # A running merge writes a heartbeat this often; one silent for `stale_seconds` is
+    # handed out again (its worker died) by the sweep that runs every `sweep_seconds`.
+    heartbeat_seconds: float = 5.0
+    stale_seconds: float = 60.0
+    sweep_seconds: float = 15.0
+
+    @property
+    def worker_cache_dir(self) -> Path:
+        """Where workers keep source files fetched from the blob store, keyed by sha256."""
+        return self.data_dir / "cache" / "sources"
 
     def __post_init__(self) -> None:
         data_dir = Path(self.data_dir)
@@ -55,6 +74,24 @@ class Settings:
                                                        env["LORASTACK_MAX_UPLOAD_BYTES"])
         if env.get("PORT"):
             values["port"] = _positive_int("PORT", env["PORT"])
+        if values.get("queue", "inline") not in ("inline", "celery"):
+            raise SystemExit(f"LORASTACK_QUEUE must be inline or celery, got {values['queue']!r}")
+        if env.get("LORASTACK_DEVICE"):
+            values["device"] = parse_device(env["LORASTACK_DEVICE"])
+        for key, attr in (("LORASTACK_MERGE_ATTEMPTS", "merge_attempts"),
+                          ("LORASTACK_MAX_MERGE_SOURCES", "max_merge_sources"),
+                          ("LORASTACK_MAX_MERGE_RANK", "max_merge_rank"),
+                          ("LORASTACK_MAX_MERGE_SOURCE_BYTES", "max_merge_source_bytes"),
+                          ("LORASTACK_MAX_ACTIVE_MERGES", "max_active_merges"),
+                          ("LORASTACK_WORKER_CACHE_BYTES", "worker_cache_bytes")):
+            if env.get(key):
+                values[attr] = _positive_int(key, env[key])
+        for key, attr in (("LORASTACK_MERGE_TTL_DAYS", "merge_ttl_days"),
+                          ("LORASTACK_HEARTBEAT_SECONDS", "heartbeat_seconds"),
+                          ("LORASTACK_STALE_SECONDS", "stale_seconds"),
+                          ("LORASTACK_SWEEP_SECONDS", "sweep_seconds")):
+            if env.get(key):
+                values[attr] = _positive_float(key, env[key])
         values.update(overrides)
         return cls(**values)
 
@@ -85,6 +122,25 @@ def normalize_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     return url
+
+
+def parse_device(raw: str) -> str:
+    """auto, cpu, cuda or cuda:N (any case); SystemExit naming the variable otherwise."""
+    value = raw.strip().lower()
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:")
+                                             and value[5:].isdigit()):
+        return value
+    raise SystemExit(f"LORASTACK_DEVICE must be auto, cpu, cuda or cuda:N, got {raw!r}")
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise SystemExit(f"{name} must be a positive number, got {raw!r}")
+    return value
 
 
 def _positive_int(name: str, raw: str) -> int:

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2.0 models: users, tokens, adapters, versions and their files."""
+"""SQLAlchemy 2.0 models: users, tokens, adapters, versions and their files, merges."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -128,12 +128,18 @@ class Version(Base):
     yanked: Mapped[bool] = mapped_column(Boolean, default=False)
     yank_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    # What a merge plan needs of the weights (module shapes and ranks, dtypes), read once
+    # from the safetensors header (hub.services.layouts) so plans come from the database.
+    layout: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
     adapter: Mapped[Adapter] = relationship(back_populates="versions")
     files: Mapped[list[VersionFile]] = relationship(cascade="all, delete-orphan",
                                                     order_by="VersionFile.path")
     parents: Mapped[list[VersionParent]] = relationship(
         cascade="all, delete-orphan", foreign_keys="VersionParent.version_id")
+    # Lineage the other way: the versions merged from this one.
+    children: Mapped[list[VersionParent]] = relationship(
+        foreign_keys="VersionParent.parent_version_id", viewonly=True)
 
 
 class VersionFile(Base):
@@ -170,3 +176,82 @@ class VersionParent(Base):
     weight: Mapped[float] = mapped_column(Float)
 
     parent: Mapped[Version] = relationship(foreign_keys=[parent_version_id])
+    child: Mapped[Version] = relationship(foreign_keys=[version_id], viewonly=True)
+
+
+MERGE_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE_STATUSES = ("queued", "running")
+
+
+class Merge(Base):
+    """A merge job: the row is the truth (status, progress, heartbeat, result); a queue
+    only carries its id."""
+
+    __tablename__ = "merges"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    requester_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    # sha256 of the canonical spec (hub.services.merge_plan): equal keys, equal results.
+    cache_key: Mapped[str] = mapped_column(String(64), index=True)
+    spec: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    modules_total: Mapped[int] = mapped_column(Integer, default=0)
+    output_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    device: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Who holds the claim: a running merge's updates are refused to anyone else.
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    license: Mapped[dict] = mapped_column(JSON, default=dict)
+    report: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    archive_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    archive_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    published_version_id: Mapped[int | None] = mapped_column(ForeignKey("versions.id"),
+                                                             nullable=True)
+
+    requester: Mapped[User] = relationship()
+    published_version: Mapped[Version | None] = relationship()
+    sources: Mapped[list[MergeSource]] = relationship(cascade="all, delete-orphan",
+                                                      order_by="MergeSource.position")
+    files: Mapped[list[MergeFile]] = relationship(cascade="all, delete-orphan",
+                                                  order_by="MergeFile.path")
+
+
+class MergeSource(Base):
+    """One source of a merge: a published version and its weight, in the order given."""
+
+    __tablename__ = "merge_sources"
+    __table_args__ = (UniqueConstraint("merge_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    merge_id: Mapped[str] = mapped_column(ForeignKey("merges.id", ondelete="CASCADE"),
+                                          index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
+    weight: Mapped[float] = mapped_column(Float)
+
+    version: Mapped[Version] = relationship()
+
+
+class MergeFile(Base):
+    """A result file of a merge, stored as a content-addressed blob like a version's."""
+
+    __tablename__ = "merge_files"
+    __table_args__ = (UniqueConstraint("merge_id", "path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    merge_id: Mapped[str] = mapped_column(ForeignKey("merges.id", ondelete="CASCADE"),
+                                          index=True)
+    path: Mapped[str] = mapped_column(String(128))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    blob_key: Mapped[str] = mapped_column(String(128), index=True)

@@ -7,6 +7,7 @@ the job runners all read it through `current_hub()` (in a request) or receive it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from hub.config import Settings
 from hub.db import Database
@@ -22,6 +23,19 @@ class Hub:
     settings: Settings
     db: Database
     store: BlobStore
+    #: Where new merges go (hub.jobs.MergeQueue); None in processes that queue nothing.
+    queue: Any = None
+
+    def submit_merge(self, merge_id: str) -> None:
+        """Hand a committed, queued merge to the queue."""
+        if self.queue is not None:
+            self.queue.submit(merge_id)
+
+    def close(self) -> None:
+        """Stop the queue's threads and close the database's connections."""
+        if self.queue is not None:
+            self.queue.close()
+        self.db.dispose()
 
 
 def open_hub(settings: Settings) -> Hub:

@@ -87,7 +87,7 @@ def app(settings):
     application = create_app(settings)
     application.testing = True
     yield application
-    application.extensions["lorastack"].db.dispose()
+    application.extensions["lorastack"].close()
 
 
 @pytest.fixture

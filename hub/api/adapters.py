@@ -9,6 +9,7 @@ from hub.runtime import current_hub
 from hub.errors import InvalidRequest, InvalidVersion, UnexpectedFile
 from hub.formats import check_file_name
 from hub.services import catalog
+from hub.services.access import require_owner
 from hub.services.names import parse_metadata
 from hub.services.publish import LicenseChoice, Upload, publish_version
 from hub.services.downloads import file_cache_control, redirect_cache_control
@@ -33,16 +34,16 @@ def get_adapter(owner: str, name: str):
     """An adapter and its versions, newest first."""
     with current_hub().db.session() as session:
         adapter = catalog.get_adapter(session, current_principal(), owner, name)
-        return jsonify(adapter_detail(adapter))
+        return jsonify(adapter_detail(adapter, current_principal()))
 
 
 @api_v1.patch("/adapters/<owner>/<name>")
 def patch_adapter(owner: str, name: str):
     """Change description, tags, task or visibility."""
-    changes = _json_body()
+    changes = json_body()
     with current_hub().db.session() as session:
         adapter = catalog.update_adapter(session, current_principal(), owner, name, changes)
-        return jsonify(adapter_detail(adapter))
+        return jsonify(adapter_detail(adapter, current_principal()))
 
 
 @api_v1.post("/adapters/<owner>/<name>/versions")
@@ -52,7 +53,7 @@ def publish(owner: str, name: str):
     principal = current_principal()
     # Checked again by the service; here it refuses before a multi-GB body is parsed.
     with hub.db.session() as session:
-        catalog.require_owner(principal, owner, session)
+        require_owner(principal, owner, session)
     if request.mimetype != "multipart/form-data":
         raise InvalidRequest("Send a version as multipart/form-data: the fields version,"
                              " license, metadata and each file as a part named 'files'.",
@@ -87,7 +88,7 @@ def publish(owner: str, name: str):
     with hub.db.session() as session:
         result = publish_version(session, hub.store, principal, owner, name,
                                  form["version"], uploads, choice, metadata)
-        body = version_view(result.version, result.adapter)
+        body = version_view(result.version, result.adapter, principal)
     if result.created:
         metrics = current_app.extensions["lorastack_metrics"]
         metrics.uploads.inc()
@@ -100,17 +101,17 @@ def get_version(owner: str, name: str, version: str):
     """One version; `latest` is the newest not yanked."""
     with current_hub().db.session() as session:
         adapter, row = catalog.get_version(session, current_principal(), owner, name, version)
-        return jsonify(version_view(row, adapter))
+        return jsonify(version_view(row, adapter, current_principal()))
 
 
 @api_v1.post("/adapters/<owner>/<name>/versions/<version>/yank")
 def yank(owner: str, name: str, version: str):
     """Yank a version: `latest` skips it, its label still downloads."""
-    body = _json_body(optional=True)
+    body = json_body(optional=True)
     with current_hub().db.session() as session:
         adapter, row = catalog.yank_version(session, current_principal(), owner, name, version,
                                             body.get("reason"))
-        return jsonify(version_view(row, adapter))
+        return jsonify(version_view(row, adapter, current_principal()))
 
 
 @api_v1.post("/adapters/<owner>/<name>/versions/<version>/unyank")
@@ -119,7 +120,7 @@ def unyank(owner: str, name: str, version: str):
     with current_hub().db.session() as session:
         adapter, row = catalog.unyank_version(session, current_principal(), owner, name,
                                               version)
-        return jsonify(version_view(row, adapter))
+        return jsonify(version_view(row, adapter, current_principal()))
 
 
 @api_v1.get("/adapters/<owner>/<name>/versions/<version>/files/<path:path>")
@@ -167,7 +168,8 @@ def _mimetype(path: str) -> str:
     return "application/octet-stream"
 
 
-def _json_body(optional: bool = False) -> dict:
+def json_body(optional: bool = False) -> dict:
+    """The request's JSON object body; InvalidRequest for anything else."""
     if optional and not request.get_data():
         return {}
     try:

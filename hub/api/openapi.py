@@ -86,6 +86,8 @@ def _schemas() -> dict:
         "yank_reason": _nullable(_string()), "files": {"type": "array", "items": _ref("File")},
         "parents": {"type": "array", "items": _object(
             {"adapter": _string(), "version": _string(), "weight": {"type": "number"}})},
+        "children": {"type": "array", "items": _object(
+            {"adapter": _string(), "version": _string()})},
     }, ["adapter", "version", "license", "files", "mergeable", "yanked"])
     detail = {"allOf": [_ref("AdapterSummary"), _object(
         {"versions": {"type": "array", "items": _ref("Version")}}, ["versions"])]}
@@ -205,6 +207,132 @@ def _adapter_paths() -> dict:
     }
 
 
+def _merge_paths() -> dict:
+    merge_id = [{"name": "merge_id", "in": "path", "required": True,
+                 "schema": _string("A merge's id.", pattern="^[0-9a-f]{32}$")}]
+    spec_body = {"required": True, "content": {_JSON: {"schema": _ref("MergeSpec")}}}
+    merge_json = _ok("The merge.", _ref("Merge"))
+    file_response = {
+        "200": {"description": "The bytes (Range, ETag = sha256).", "content": {
+            "application/octet-stream": {"schema": _string(
+                contentMediaType="application/octet-stream")}}},
+        "206": {"description": "The requested range."},
+        "302": {"description": "Redirect to a short-lived signed URL (S3)."},
+        "304": {"description": "Not modified (If-None-Match)."},
+        "410": {"$ref": "#/components/responses/P410"},
+        **_problems(401, 404, 416)}
+    return {
+        "/merges/plan": {"post": {
+            "operationId": "planMerge",
+            "summary": "Every check a merge gets, its derived licence and output size;"
+                       " with analyze, how the sources' updates interact",
+            "requestBody": spec_body,
+            "responses": {**_ok("The plan.", _ref("MergePlan")),
+                          **_problems(400, 401, 403, 404, 422)}}},
+        "/merges": {
+            "post": {"operationId": "createMerge", "summary": "Queue a merge (write token)",
+                     "security": [{"bearer": []}], "requestBody": spec_body,
+                     "responses": {**_ok("Queued (or answered from the cache).",
+                                         _ref("Merge"), "202"),
+                                   **_ok("The caller's identical merge.", _ref("Merge")),
+                                   **_problems(400, 401, 403, 404, 422, 429)}},
+            "get": {"operationId": "listMerges", "summary": "The caller's merges, newest first",
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        {"name": "limit", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                        {"name": "cursor", "in": "query", "required": False,
+                         "schema": _string()}],
+                    "responses": {**_ok("One page.", _object({
+                        "items": {"type": "array", "items": _ref("Merge")},
+                        "next_cursor": _nullable(_string())}, ["items", "next_cursor"])),
+                        **_problems(400, 401)}}},
+        "/merges/{merge_id}": {
+            "parameters": merge_id,
+            "get": {"operationId": "getMerge", "summary": "One merge (its requester, admins)",
+                    "security": [{"bearer": []}],
+                    "responses": {**merge_json, **_problems(401, 404)}},
+            "delete": {"operationId": "cancelMerge",
+                       "summary": "Cancel a queued merge; stop a running one between modules",
+                       "security": [{"bearer": []}],
+                       "responses": {**merge_json, **_problems(401, 404)}}},
+        "/merges/{merge_id}/files/{path}": {
+            "parameters": merge_id + _params("path"),
+            "get": {"operationId": "downloadMergeFile", "summary": "A result file",
+                    "security": [{"bearer": []}], "responses": file_response}},
+        "/merges/{merge_id}/archive": {
+            "parameters": merge_id,
+            "get": {"operationId": "downloadMergeArchive",
+                    "summary": "The result as a zip that PeftModel.from_pretrained loads"
+                               " once unzipped", "security": [{"bearer": []}],
+                    "responses": file_response}},
+        "/merges/{merge_id}/publish": {
+            "parameters": merge_id,
+            "post": {"operationId": "publishMerge",
+                     "summary": "Publish a LoRA result as a version with parents",
+                     "security": [{"bearer": []}],
+                     "requestBody": {"required": True, "content": {_JSON: {"schema": _object({
+                         "adapter": _string("owner/name"),
+                         "version": _string(pattern=VERSION_RE.pattern),
+                         "license_link": _string("Needed when the derived licence is a"
+                                                 " combination ('other') without a link."),
+                         "description": _string(maxLength=10_000),
+                         "visibility": _string(enum=["public", "private"])},
+                         ["adapter", "version"], additionalProperties=False)}}},
+                     "responses": {**_ok("Published.", _ref("Version"), "201"),
+                                   **_ok("The identical version existed.", _ref("Version")),
+                                   **_problems(400, 401, 403, 404, 409, 410, 422)}}},
+    }
+
+
+def _merge_schemas() -> dict:
+    source = _object({"adapter": _string("owner/name"),
+                      "version": _string("A label or latest.", default="latest"),
+                      "weight": {"type": "number", "default": 1.0}}, ["adapter"],
+                     additionalProperties=False)
+    spec = _object({
+        "sources": {"type": "array", "items": source, "minItems": 1},
+        "method": _string(enum=["linear", "ties", "dare_linear", "dare_ties",
+                                "magnitude_prune", "svd", "cat", "ties_svd",
+                                "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd"],
+                          default="linear"),
+        "rank": _nullable({"type": "integer", "minimum": 1}),
+        "density": _nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
+        "majority_sign_method": _string(enum=["total", "frequency"], default="total"),
+        "seed": {"type": "integer", "minimum": 0, "default": 0},
+        "output": _string(enum=["lora", "delta"], default="lora"),
+        "dtype": _nullable(_string(enum=["float16", "bfloat16", "float32"])),
+        "analyze": {"type": "boolean", "default": False,
+                    "description": "Plan only: norms and cosines of the sources' updates."},
+    }, ["sources"], additionalProperties=False)
+    file = _ref("File")
+    merge = _object({
+        "id": _string(), "status": _string(enum=["queued", "running", "succeeded", "failed",
+                                                  "cancelled"]),
+        "progress": {"type": "number", "minimum": 0, "maximum": 1},
+        "modules": {"type": "integer"}, "spec": {"type": "object"},
+        **{key: _nullable(_string(format="date-time")) for key in (
+            "created_at", "started_at", "finished_at", "expires_at")},
+        "expired": {"type": "boolean"}, "device": _nullable(_string()),
+        "attempts": {"type": "integer"}, "cancel_requested": {"type": "boolean"},
+        "error": _nullable(_object({"code": _string(), "detail": _string()})),
+        "license": {"type": "object"}, "output_bytes": {"type": "integer"},
+        "files": {"type": "array", "items": file}, "archive": _nullable(file),
+        "report": _nullable({"type": "object"}),
+        "published": _nullable(_object({"adapter": _string(), "version": _string()})),
+    }, ["id", "status", "progress", "spec", "created_at", "files"])
+    plan = _object({
+        "sources": {"type": "array", "items": _object({
+            "adapter": _string(), "version": _string(), "sha256": _string(),
+            "weight": {"type": "number"}, "license": _string()})},
+        "license": {"type": "object"}, "modules": {"type": "integer"},
+        "output_bytes": {"type": "integer"}, "source_bytes": {"type": "integer"},
+        "dtype": _string(), "spec": {"type": "object"}, "cache_key": _string(),
+        "analysis": {"type": "object"},
+    }, ["sources", "license", "modules", "output_bytes"])
+    return {"MergeSpec": spec, "Merge": merge, "MergePlan": plan}
+
+
 def _service_paths() -> dict:
     return {
         "/health": {"get": {
@@ -231,16 +359,16 @@ def _service_paths() -> dict:
 @lru_cache(maxsize=1)
 def openapi_document() -> dict:
     """The whole OpenAPI 3.1 document (built once per process)."""
-    statuses = (400, 401, 403, 404, 409, 413, 415, 416, 422, 429, 503)
+    statuses = (400, 401, 403, 404, 409, 410, 413, 415, 416, 422, 429, 503)
     return {
         "openapi": "3.1.0",
         "info": {"title": "lorastack API", "version": __version__,
                  "description": "A registry and merge hub for LoRA adapters. Errors are"
                                 " application/problem+json with a stable `code`."},
         "servers": [{"url": "/api/v1"}],
-        "paths": {**_service_paths(), **_adapter_paths()},
+        "paths": {**_service_paths(), **_adapter_paths(), **_merge_paths()},
         "components": {
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **_merge_schemas()},
             "responses": {f"P{status}": {"description": f"Error ({status}).", "content": {
                 _PROBLEM: {"schema": _ref("Problem")}}} for status in statuses},
             "securitySchemes": {"bearer": {

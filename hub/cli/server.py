@@ -140,13 +140,16 @@ def tokens_create(user: str, scope: str) -> None:
 def gc(grace_hours: float, dry_run: bool) -> None:
     """Remove blobs that no file row names, after a grace period."""
     from hub.db import Database
-    from hub.services.maintenance import collect_garbage
+    from hub.services.maintenance import collect_garbage, expire_merges
     from hub.storage import open_store
 
     settings = _settings()
     store = open_store(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url)
     db = Database(settings.database_url)
     try:
+        expired = expire_merges(db, dry_run=dry_run)
+        for merge_id in expired:
+            click.echo(("would expire" if dry_run else "expired") + f" merge {merge_id}")
         removed = collect_garbage(db, store, grace_hours=grace_hours, dry_run=dry_run)
     except HubError as error:
         raise _fail(error) from None
@@ -157,7 +160,29 @@ def gc(grace_hours: float, dry_run: bool) -> None:
     click.echo(f"{len(removed)} orphan blob(s) {'found' if dry_run else 'removed'}")
 
 
+@click.command("worker")
+@click.option("--device", default=None,
+              help="auto, cpu, cuda or cuda:N (default: LORASTACK_DEVICE, else auto).")
+@click.option("--name", default=None, help="The worker's name (default: device@host-pid).")
+def worker(device: str | None, name: str | None) -> None:
+    """Run merges from the Celery queue, one at a time (LORASTACK_QUEUE=celery)."""
+    from hub.config import parse_device
+    from hub.db import upgrade
+    from hub.jobs.worker import run_worker
+
+    settings = _settings()
+    if settings.queue != "celery":
+        raise click.ClickException("`lorastack worker` serves the Celery queue: set"
+                                   " LORASTACK_QUEUE=celery and LORASTACK_BROKER_URL (with"
+                                   " the inline queue, `lorastack serve` runs merges itself)")
+    try:
+        upgrade(settings.database_url)
+    except HubError as error:
+        raise _fail(error) from None
+    run_worker(settings, parse_device(device) if device else None, name)
+
+
 def register(group: click.Group) -> None:
     """Add the server commands to the `lorastack` group."""
-    for command in (serve, db_group, users_group, tokens_group, gc):
+    for command in (serve, db_group, users_group, tokens_group, gc, worker):
         group.add_command(command)

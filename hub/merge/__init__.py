@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from hub.merge.spec import ALIASES, DENSE_METHODS, METHODS, MergeSpec, SourceSpec
 
-__all__ = ["ALIASES", "DENSE_METHODS", "METHODS", "MergeResult", "MergeSpec", "SourceSpec",
-           "merge", "merge_to_folder"]
+#: Changes whenever the same inputs could give other bytes: part of a merge's cache key.
+ENGINE_VERSION = "1"
+
+__all__ = ["ALIASES", "DENSE_METHODS", "ENGINE_VERSION", "METHODS", "MergeResult", "MergeSpec",
+           "SourceSpec", "merge", "merge_to_folder"]
 
 _LAZY = {"merge", "merge_to_folder", "MergeResult"}
 

@@ -10,9 +10,10 @@ from datetime import datetime
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from hub.errors import Forbidden, InvalidRequest, InvalidVersion, NotFound, Unauthorized
+from hub.errors import InvalidRequest, InvalidVersion, NotFound
 from hub.licenses import get_license
-from hub.models import Adapter, AdapterTag, User, Version, VersionFile, utcnow
+from hub.models import Adapter, AdapterTag, User, Version, VersionFile, VersionParent, utcnow
+from hub.services.access import require_owner, visible_clause
 from hub.services.accounts import Principal
 from hub.services.names import check_adapter_name, check_text, check_user_name, parse_metadata
 from hub.services.shapes import latest_version
@@ -22,15 +23,6 @@ MAX_LIMIT = 100
 DEFAULT_LIMIT = 20
 
 
-def visible_clause(principal: Principal | None):
-    """SQL condition: adapters the caller may see (private ones only to owner and admins)."""
-    if principal is not None and principal.is_admin:
-        return True
-    if principal is None:
-        return Adapter.visibility == "public"
-    return or_(Adapter.visibility == "public", Adapter.owner_id == principal.user_id)
-
-
 def _adapter_query(detail: bool = True):
     """Adapters with owner and tags; with `detail`, every version's files and parents too.
 
@@ -38,8 +30,11 @@ def _adapter_query(detail: bool = True):
     `latest_version`: loading files and lineage for a page of 100 adapters would not do.
     """
     if detail:
-        versions = (selectinload(Adapter.versions).selectinload(Version.files),
-                    selectinload(Adapter.versions).selectinload(Version.parents))
+        each = selectinload(Adapter.versions)
+        versions = (each.defer(Version.layout), each.selectinload(Version.files),
+                    each.selectinload(Version.parents),
+                    each.selectinload(Version.children).selectinload(VersionParent.child)
+                    .selectinload(Version.adapter).selectinload(Adapter.owner))
     else:
         versions = (selectinload(Adapter.versions).load_only(
             Version.label, Version.yanked, Version.created_at, Version.adapter_id),)
@@ -100,27 +95,6 @@ def record_download(session: Session, adapter_id: int) -> None:
     """Count one download, atomically in SQL so concurrent downloads are not lost."""
     session.execute(update(Adapter).where(Adapter.id == adapter_id)
                     .values(downloads=Adapter.downloads + 1))
-
-
-def require_owner(principal: Principal | None, adapter_owner: str,
-                  session: Session | None = None) -> Principal:
-    """The caller, if it may change `adapter_owner`'s adapters with a write token.
-
-    With a `session`, an owner that does not exist is named as such (NotFound), rather
-    than a refusal that suggests someone else owns the name.
-    """
-    if principal is None:
-        raise Unauthorized("This needs a token: send `Authorization: Bearer <token>`.")
-    if not principal.can_write():
-        raise Forbidden("This token has the read scope only; use a write token.")
-    if not principal.owns(adapter_owner):
-        if session is not None and session.scalar(
-                select(User.id).where(User.name == adapter_owner)) is None:
-            raise NotFound(f"No user {adapter_owner}: publish under your own name"
-                           f" ({principal.name}/...).")
-        raise Forbidden(f"Only {adapter_owner} (or an admin) can change this adapter;"
-                        f" your token is {principal.name}'s.")
-    return principal
 
 
 def update_adapter(session: Session, principal: Principal | None, owner: str, name: str,

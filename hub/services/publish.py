@@ -13,10 +13,11 @@ from hub.errors import (NotFound, StorageUnavailable, UnexpectedFile, UnknownLic
                         VersionExists)
 from hub.formats import AdapterInfo, validate_upload
 from hub.licenses import get_license, validate_license_fields
-from hub.models import Adapter, User, Version, VersionFile, utcnow
+from hub.models import Adapter, User, Version, VersionFile, VersionParent, utcnow
 from hub.services.accounts import Principal
 from hub.services.blobs import lock_blobs
-from hub.services.catalog import require_owner, set_tags
+from hub.services.access import require_owner
+from hub.services.catalog import set_tags
 from hub.services.names import (Metadata, check_adapter_name, check_tags, check_user_name,
                                 check_version_label)
 from hub.storage import BlobStore, blob_key
@@ -77,8 +78,12 @@ def _resolve_license(choice: LicenseChoice, info: AdapterInfo) -> LicenseChoice:
 
 def publish_version(session: Session, store: BlobStore, principal: Principal | None,
                     owner: str, name: str, label: str, uploads: list[Upload],
-                    choice: LicenseChoice, metadata: Metadata) -> PublishResult:
-    """Publish `uploads` as `owner/name@label`; idempotent for identical files."""
+                    choice: LicenseChoice, metadata: Metadata,
+                    parents: tuple[tuple[int, float], ...] = ()) -> PublishResult:
+    """Publish `uploads` as `owner/name@label`; idempotent for identical files.
+
+    `parents`: (version id, weight) of the versions a merged adapter was made from.
+    """
     check_user_name(owner)
     check_adapter_name(name)
     check_version_label(label)
@@ -122,6 +127,9 @@ def publish_version(session: Session, store: BlobStore, principal: Principal | N
                 continue
             adapter, version = _insert(session, principal, owner_row, name, label, uploads,
                                        info, license_choice, metadata, print_)
+            version.parents = [VersionParent(parent_version_id=parent, weight=weight)
+                               for parent, weight in parents]
+            session.flush()
             break
         except IntegrityError:
             # Someone created the same adapter or version at the same moment: start over

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from hub.models import Adapter, Version
+from hub.models import Adapter, Merge, Version, utcnow
+from hub.services.access import can_see
+from hub.services.accounts import Principal
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -38,14 +40,15 @@ def adapter_summary(adapter: Adapter) -> dict:
     }
 
 
-def adapter_detail(adapter: Adapter) -> dict:
+def adapter_detail(adapter: Adapter, viewer: Principal | None = None) -> dict:
     """AdapterSummary plus its versions, newest first."""
     return {**adapter_summary(adapter),
-            "versions": [version_view(version, adapter) for version in adapter.versions]}
+            "versions": [version_view(version, adapter, viewer) for version in adapter.versions]}
 
 
-def version_view(version: Version, adapter: Adapter | None = None) -> dict:
-    """Version."""
+def version_view(version: Version, adapter: Adapter | None = None,
+                 viewer: Principal | None = None) -> dict:
+    """Version; `children` lists the merged versions `viewer` may see."""
     adapter = adapter or version.adapter
     view = {
         "adapter": f"{adapter.owner.name}/{adapter.name}",
@@ -67,8 +70,47 @@ def version_view(version: Version, adapter: Adapter | None = None) -> dict:
         "parents": [{"adapter": f"{p.parent.adapter.owner.name}/{p.parent.adapter.name}",
                      "version": p.parent.label, "weight": p.weight}
                     for p in version.parents],
+        "children": [{"adapter": f"{c.child.adapter.owner.name}/{c.child.adapter.name}",
+                      "version": c.child.label}
+                     for c in version.children if can_see(viewer, c.child.adapter)],
     }
     if version.license == "other":
         view["license_name"] = version.license_name
         view["license_link"] = version.license_link
+    return view
+
+
+def merge_view(merge: Merge, now: datetime | None = None) -> dict:
+    """Merge."""
+    expired = merge.expires_at is not None and merge.expires_at <= (now or utcnow())
+    served = merge.status == "succeeded" and not expired
+    view = {
+        "id": merge.id,
+        "status": merge.status,
+        "progress": round(merge.progress, 4),
+        "modules": merge.modules_total,
+        "spec": merge.spec,
+        "created_at": iso(merge.created_at),
+        "started_at": iso(merge.started_at),
+        "finished_at": iso(merge.finished_at),
+        "expires_at": iso(merge.expires_at),
+        "expired": expired,
+        "device": merge.device,
+        "attempts": merge.attempts,
+        "cancel_requested": merge.cancel_requested,
+        "error": ({"code": merge.error_code, "detail": merge.error_detail}
+                  if merge.error_code else None),
+        "license": merge.license,
+        "output_bytes": merge.output_bytes,
+        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256}
+                  for f in merge.files] if served else [],
+        "archive": ({"path": "archive.zip", "size": merge.archive_size,
+                     "sha256": merge.archive_sha256} if served and merge.archive_sha256
+                    else None),
+        "report": merge.report,
+        "published": ({"adapter": f"{merge.published_version.adapter.owner.name}/"
+                                  f"{merge.published_version.adapter.name}",
+                       "version": merge.published_version.label}
+                      if merge.published_version is not None else None),
+    }
     return view
