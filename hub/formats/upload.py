@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hub.errors import HubError, InvalidAdapterConfig, InvalidRequest, MissingFile, UnexpectedFile
+from hub.errors import HubError, InvalidAdapterConfig, InvalidRequest, MissingFile
 from hub.formats.foreign import FOREIGN_HINT, looks_foreign
 from hub.formats.layout import check_lora_tensors
 from hub.formats.names import (
@@ -25,7 +25,6 @@ from hub.formats.safetensors_file import (
     DEFAULT_MAX_HEADER_BYTES,
     SafetensorsHeader,
     check_finite,
-    quote,
     read_safetensors_header,
 )
 
@@ -85,43 +84,29 @@ def describe_adapter(config: dict, header: SafetensorsHeader) -> AdapterInfo:
                        not_mergeable_reason=None if refusal is None else refusal.reason)
 
 
-def _foreign_weights(files: Mapping[str, Path], max_header_bytes: int) -> str | None:
-    """The name of an uploaded .safetensors file whose keys look kohya/diffusers, or None."""
-    for name, path in files.items():
-        if not name.endswith(".safetensors"):
-            continue
-        try:
-            header = read_safetensors_header(Path(path), max_header_bytes=max_header_bytes)
-        except HubError:
-            continue
-        if looks_foreign(header.tensors):
-            return name
-    return None
-
-
-def _check_names(files: Mapping[str, Path], max_header_bytes: int) -> None:
-    for name in files:
-        try:
-            check_file_name(name)
-        except UnexpectedFile:
-            # kohya and diffusers name their weights freely ("my_style.safetensors").
-            if _foreign_weights({name: files[name]}, max_header_bytes) is None:
-                raise
-            raise UnexpectedFile(f"unexpected file {quote(name)}. {FOREIGN_HINT}") from None
+def _kohya_like(files: Mapping[str, Path], max_header_bytes: int) -> bool:
+    """Whether the uploaded weights' keys look like a kohya-ss / diffusers LoRA."""
+    if WEIGHTS_FILE not in files:
+        return False
+    try:
+        header = read_safetensors_header(Path(files[WEIGHTS_FILE]), max_header_bytes=max_header_bytes)
+    except HubError:
+        return False
+    return looks_foreign(header.tensors)
 
 
 def validate_upload(files: Mapping[str, Path], *, max_config_bytes: int = 1_000_000,
                     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
                     max_readme_bytes: int = DEFAULT_MAX_README_BYTES) -> AdapterInfo:
     """Validate uploaded files (name -> temp path) as a PEFT adapter; raise a HubError."""
-    _check_names(files, max_header_bytes)
+    for name in files:
+        check_file_name(name)
     for name, path in files.items():
         reject_pickle(name, path)
     for name in REQUIRED_FILES:
         if name not in files:
-            foreign = _foreign_weights(files, max_header_bytes)
-            if foreign is not None:
-                raise MissingFile(f"{name} is required; {foreign} has none beside it. {FOREIGN_HINT}")
+            if name == CONFIG_FILE and _kohya_like(files, max_header_bytes):
+                raise MissingFile(f"{name} is required. {FOREIGN_HINT}")
             raise MissingFile(f"{name} is required; upload the folder PEFT's save_pretrained wrote "
                               f"({', '.join(REQUIRED_FILES)}, optional {README_FILE})")
     config = parse_adapter_config(
