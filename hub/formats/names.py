@@ -35,8 +35,12 @@ def check_file_name(name: str) -> None:
     if name.lower().endswith(PICKLE_SUFFIXES):
         raise UnsupportedFormat(f"{name}: pickle files are not accepted. {CONVERT_HINT}")
     if name not in ALLOWED_FILES:
+        # kohya-ss and diffusers ship a LoRA as one freely named .safetensors file.
+        note = (f"; PEFT names its weights {WEIGHTS_FILE}, next to {CONFIG_FILE}. A single "
+                "freely named .safetensors is usually a kohya-ss / diffusers LoRA, which must "
+                "be converted to PEFT's format first") if name.lower().endswith(".safetensors") else ""
         raise UnexpectedFile(
-            f"unexpected file {quote(name)}; allowed: {', '.join(sorted(ALLOWED_FILES))}")
+            f"unexpected file {quote(name)}; allowed: {', '.join(sorted(ALLOWED_FILES))}{note}")
 
 
 def _looks_like_pickle(head: bytes) -> bool:

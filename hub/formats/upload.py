@@ -7,14 +7,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hub.errors import InvalidAdapterConfig, InvalidRequest, MissingFile
+from hub.errors import HubError, InvalidAdapterConfig, InvalidRequest, MissingFile
+from hub.formats.foreign import FOREIGN_HINT, looks_foreign
+from hub.formats.layout import check_lora_tensors
 from hub.formats.names import (
-    CONFIG_FILE, README_FILE, REQUIRED_FILES, WEIGHTS_FILE, check_file_name, reject_pickle,
+    CONFIG_FILE,
+    README_FILE,
+    REQUIRED_FILES,
+    WEIGHTS_FILE,
+    check_file_name,
+    reject_pickle,
 )
-from hub.formats.peft_config import check_lora_tensors, parse_adapter_config
+from hub.formats.peft_config import parse_adapter_config
 from hub.formats.readme import DEFAULT_MAX_README_BYTES, ReadmeInfo, parse_readme
+from hub.formats.rules import merge_refusal
 from hub.formats.safetensors_file import (
-    DEFAULT_MAX_HEADER_BYTES, SafetensorsHeader, check_finite, read_safetensors_header,
+    DEFAULT_MAX_HEADER_BYTES,
+    SafetensorsHeader,
+    check_finite,
+    read_safetensors_header,
 )
 
 
@@ -32,6 +43,7 @@ class AdapterInfo:
     config: dict
     task_type: str | None
     readme: ReadmeInfo | None = None
+    not_mergeable_reason: str | None = None  # the merge engine's refusal, when mergeable is False
 
 
 def _read_limited(path: Path, limit: int, too_big: type[Exception], what: str) -> bytes:
@@ -61,16 +73,26 @@ def describe_adapter(config: dict, header: SafetensorsHeader) -> AdapterInfo:
         r = config.get("r")
         r = r if isinstance(r, int) and not isinstance(r, bool) and r > 0 else None
         return AdapterInfo(peft_type, r, None, _config_targets(config), num_parameters,
-                           base_model, False, config, task_type)
+                           base_model, False, config, task_type,
+                           not_mergeable_reason=str(merge_refusal(config, None)))
     layout = check_lora_tensors(config, header)
-    # The merge engine combines plain LoRA deltas; DoRA magnitudes, LoRA biases and
-    # fully saved modules do not combine that way, so those adapters are stored only.
-    mergeable = not (config.get("use_dora") or config.get("lora_bias") or layout.extras
-                     or any("lora_magnitude_vector" in p or "lora_B.bias" in p
-                            for p in layout.modules.values()))
+    # Stored either way; `mergeable` promises exactly what the merge engine accepts.
+    refusal = merge_refusal(config, layout)
     return AdapterInfo(peft_type, config["r"], float(config["lora_alpha"]),
-                       layout.target_names(), num_parameters, base_model, mergeable,
-                       config, task_type)
+                       layout.target_names(), num_parameters, base_model, refusal is None,
+                       config, task_type,
+                       not_mergeable_reason=None if refusal is None else refusal.reason)
+
+
+def _kohya_like(files: Mapping[str, Path], max_header_bytes: int) -> bool:
+    """Whether the uploaded weights' keys look like a kohya-ss / diffusers LoRA."""
+    if WEIGHTS_FILE not in files:
+        return False
+    try:
+        header = read_safetensors_header(Path(files[WEIGHTS_FILE]), max_header_bytes=max_header_bytes)
+    except HubError:
+        return False
+    return looks_foreign(header.tensors)
 
 
 def validate_upload(files: Mapping[str, Path], *, max_config_bytes: int = 1_000_000,
@@ -83,6 +105,8 @@ def validate_upload(files: Mapping[str, Path], *, max_config_bytes: int = 1_000_
         reject_pickle(name, path)
     for name in REQUIRED_FILES:
         if name not in files:
+            if name == CONFIG_FILE and _kohya_like(files, max_header_bytes):
+                raise MissingFile(f"{name} is required. {FOREIGN_HINT}")
             raise MissingFile(f"{name} is required; upload the folder PEFT's save_pretrained wrote "
                               f"({', '.join(REQUIRED_FILES)}, optional {README_FILE})")
     config = parse_adapter_config(

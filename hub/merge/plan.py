@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 
 from hub.errors import IncompatibleAdapters
-from hub.merge.sources import LoraSource, ModuleRef, load_source
+from hub.merge.sources import LoraSource, ModuleRef, hashing_pool, load_source
 from hub.merge.spec import SourceSpec, validate_sources
 
 
@@ -35,8 +35,26 @@ def _natural(name: str) -> list:
 
 
 def load_sources(specs: list[SourceSpec]) -> list[LoraSource]:
-    """Load every source and refuse sources that cannot be merged together."""
-    sources = [load_source(s.path, s.weight) for s in validate_sources(specs)]
+    """Load every source and refuse sources that cannot be merged together.
+
+    The sources' weights are hashed on a pool this call owns; the pool ends by itself
+    once their hashes are done, and closing a source stops its hashing.
+    """
+    checked = validate_sources(specs)
+    sources: list[LoraSource] = []
+    try:
+        with hashing_pool(len(checked)) as hasher:
+            for spec in checked:
+                sources.append(load_source(spec.path, spec.weight, hasher))
+        _check_together(sources)
+    except BaseException:
+        for source in sources:
+            source.close()
+        raise
+    return sources
+
+
+def _check_together(sources: list[LoraSource]) -> None:
     bases = {s.base_model for s in sources if s.base_model}
     if len(bases) > 1:
         raise IncompatibleAdapters(f"sources were trained on different base models: "
@@ -48,7 +66,6 @@ def load_sources(specs: list[SourceSpec]) -> list[LoraSource]:
     if conv and plain and not conv & plain:
         raise IncompatibleAdapters("sources disagree on fan_in_fan_out (Conv1D vs Linear layout)"
                                    " and share no module: they are for different models")
-    return sources
 
 
 def _modules_by_layout(sources: list[LoraSource]) -> tuple[set[str], set[str]]:

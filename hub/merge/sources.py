@@ -1,18 +1,19 @@
 """Read a PEFT LoRA folder: its config, its factors and each module's scaling.
 
-Only the plain LoRA update `s * B @ A` is understood; every variant whose forward a
-plain LoRA cannot reproduce (DoRA, lora_bias, trained biases, modules_to_save, other
-PEFT types) is refused by name rather than silently dropped.
+Which keys, switches, dtypes and shapes a merge accepts, how a key maps to a module and
+each module's scale all come from the registry's rulebook (hub.formats), so an adapter
+the registry marks mergeable is one this engine merges; here they are applied to a
+folder on disk, and the weights file is hashed in the background while the merge runs.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import re
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,33 +26,26 @@ from hub.errors import (
     InvalidSafetensors,
     MissingFile,
     NonFiniteWeights,
-    TensorMismatch,
     UnsupportedFormat,
 )
-from hub.formats.peft_config import get_pattern_key, parse_adapter_config
+from hub.formats import (
+    FOREIGN_HINT,
+    MERGE_DTYPES,
+    Refusal,
+    TensorEntry,
+    check_lora_tensors,
+    config_refusal,
+    looks_foreign,
+    merge_refusal,
+    module_alpha,
+    module_scaling,
+    parse_adapter_config,
+    parse_readme,
+    read_safetensors_header,
+)
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-PREFIX = "base_model.model."
-_FACTOR_RE = re.compile(
-    r"^(?P<module>.+)\.(?P<factor>lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B)$")
-_FLOAT_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
-# Config switches that change the forward beyond s * B @ A: refused when set (truthy).
-_REFUSED_SWITCHES = {
-    "use_dora": "DoRA (use_dora), whose magnitude vectors a plain LoRA cannot carry",
-    "lora_bias": "lora_bias, whose bias on lora_B a plain LoRA cannot carry",
-    "use_qalora": "QALoRA (use_qalora)",
-    "alora_invocation_tokens": "aLoRA (alora_invocation_tokens)",
-    "target_parameters": "target_parameters (LoRA on raw parameters)",
-    "layer_replication": "layer_replication",
-    "trainable_token_indices": "trainable_token_indices (trained token rows)",
-    "modules_to_save": "modules_to_save (fully trained modules)",
-    "velora_config": "VeLoRA (velora_config)",
-    "monteclora_config": "MonteCLoRA (monteclora_config)",
-    "kasa_config": "KaSA (kasa_config)",
-    "use_bdlora": "BD-LoRA (use_bdlora)",
-    "arrow_config": "Arrow routing (arrow_config)",
-}
 
 
 @dataclass(frozen=True)
@@ -95,6 +89,7 @@ class LoraSource:
     dtypes: set[str]
     modules: dict[str, ModuleRef]
     ignored: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _handle: object = field(default=None, repr=False)
     _opening: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -107,7 +102,9 @@ class LoraSource:
             raise InvalidSafetensors(f"{self.weights_file}: cannot read ({exc})") from None
 
     def close(self) -> None:
-        """Release the open safetensors file."""
+        """Release the open safetensors file and stop hashing it if that is not done."""
+        self._stop.set()
+        self.digest.cancel()
         handle, self._handle = self._handle, None
         if handle is not None:
             handle.__exit__(None, None, None)
@@ -141,20 +138,19 @@ class LoraSource:
         return a, b
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks."""
+def sha256_file(path: Path, chunk: int = 1 << 22, stop: threading.Event | None = None) -> str:
+    """Hex sha256 of a file, read in chunks; gives up (InterruptedError) once `stop` is set."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
+            if stop is not None and stop.is_set():
+                raise InterruptedError(f"{path}: hashing stopped, the source was closed")
             digest.update(block)
     return digest.hexdigest()
 
 
 def readme_license(folder: Path) -> str | None:
     """The `license` of the README's YAML front matter (publish's parser), or None."""
-    from hub.errors import HubError
-    from hub.formats import parse_readme
-
     try:
         value = parse_readme((folder / "README.md").read_bytes()).front_matter.get("license")
     except (OSError, HubError):
@@ -163,9 +159,14 @@ def readme_license(folder: Path) -> str | None:
         value = ", ".join(str(item) for item in value if item)
     return str(value).strip() or None if value else None
 
+
 def _read_config(folder: Path) -> dict:
     path = folder / CONFIG_NAME
     if not path.is_file():
+        foreign = _foreign_weights(folder)
+        if foreign is not None:
+            raise MissingFile(f"{folder}: no {CONFIG_NAME}, and {foreign.name} is no PEFT "
+                              f"adapter's weights. {FOREIGN_HINT}")
         raise MissingFile(f"{folder}: no {CONFIG_NAME}")
     try:
         data = path.read_bytes()
@@ -179,41 +180,56 @@ def _read_config(folder: Path) -> dict:
         raise type(error)(f"{path}: {error.detail}") from None
 
 
-def _check_config(folder: Path, config: dict) -> None:
-    peft_type = config.get("peft_type")
-    if peft_type != "LORA":
-        raise InvalidAdapterConfig(
-            f"{folder}: peft_type is {peft_type!r}; only LoRA adapters (LORA) can be merged")
-    for switch, what in _REFUSED_SWITCHES.items():
-        if config.get(switch):
-            raise InvalidAdapterConfig(f"{folder}: uses {what}; refusing to merge it")
-    if config.get("bias", "none") != "none":
-        raise InvalidAdapterConfig(
-            f"{folder}: trains biases (bias={config.get('bias')!r}), which a LoRA merge cannot carry")
-    for name in ("r", "lora_alpha"):
-        value = config.get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise InvalidAdapterConfig(f"{folder}: {name} must be a positive number, got {value!r}")
-    for name in ("rank_pattern", "alpha_pattern"):
-        value = config.get(name) or {}
-        if not isinstance(value, dict) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value.values()):
-            raise InvalidAdapterConfig(f"{folder}: {name} must map patterns to positive numbers")
-    for name in ("fan_in_fan_out", "use_rslora"):
-        if not isinstance(config.get(name, False), bool):
-            raise InvalidAdapterConfig(f"{folder}: {name} must be true or false")
+def _foreign_weights(folder: Path) -> Path | None:
+    """A .safetensors file of `folder` whose keys look kohya/diffusers (any name), or None."""
+    for candidate in sorted(folder.glob("*.safetensors")):
+        try:
+            keys = read_safetensors_header(candidate).tensors
+        except (HubError, OSError):
+            continue
+        if looks_foreign(keys):
+            return candidate
+    return None
 
 
-def _refuse_key(folder: Path, key: str) -> None:
-    if "lora_magnitude_vector" in key:
-        raise InvalidAdapterConfig(f"{folder}: holds DoRA magnitude vectors ({key}); refusing to merge it")
-    if key.endswith("lora_B.bias"):
-        raise InvalidAdapterConfig(f"{folder}: holds a lora_B bias ({key}); refusing to merge it")
-    raise TensorMismatch(f"{folder}: tensor {key!r} is not a LoRA factor")
+def _weights_file(folder: Path) -> Path:
+    weights_file = folder / WEIGHTS_NAME
+    if weights_file.is_file():
+        return weights_file
+    if (folder / "adapter_model.bin").is_file():
+        raise UnsupportedFormat(f"{folder}: adapter_model.bin (pickle) is not read; "
+                                f"convert it to {WEIGHTS_NAME}")
+    others = sorted(p.name for p in folder.glob("*.safetensors"))
+    if others:
+        foreign = _foreign_weights(folder)
+        raise MissingFile(f"{folder}: no {WEIGHTS_NAME} (PEFT's name for the weights; found "
+                          f"{', '.join(others)})" + (f". {FOREIGN_HINT}" if foreign else ""))
+    raise MissingFile(f"{folder}: no {WEIGHTS_NAME}")
 
 
-def load_source(path: Path, weight: float) -> LoraSource:
-    """Read and check a LoRA folder's config and safetensors header (factors load later)."""
+def _read_header(weights_file: Path) -> dict[str, TensorEntry]:
+    try:
+        with safe_open(str(weights_file), framework="pt") as handle:
+            header = {}
+            for key in handle.keys():
+                tensor = handle.get_slice(key)
+                header[key] = TensorEntry(tensor.get_dtype(), tuple(tensor.get_shape()), 0, 0)
+            return header
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise InvalidSafetensors(f"{weights_file}: unreadable or truncated ({exc})") from None
+
+
+def _refuse(folder: Path, refusal: Refusal | None) -> None:
+    if refusal is not None:
+        raise refusal.error(f"{folder}: {refusal.reason}; refusing to merge it")
+
+
+def load_source(path: Path, weight: float, hasher: ThreadPoolExecutor | None = None) -> LoraSource:
+    """Read and check a LoRA folder's config and safetensors header (factors load later).
+
+    The weights are hashed in the background on `hasher` (the pool of `hashing_pool`),
+    or on a thread of this call's own when none is given.
+    """
     folder = Path(path)
     if folder.is_file():
         raise MissingFile(f"{folder} is a file, not an adapter folder: give the folder that"
@@ -221,83 +237,49 @@ def load_source(path: Path, weight: float) -> LoraSource:
     if not folder.is_dir():
         raise MissingFile(f"adapter folder not found: {folder}")
     config = _read_config(folder)
-    _check_config(folder, config)
-    weights_file = folder / WEIGHTS_NAME
-    if not weights_file.is_file():
-        if (folder / "adapter_model.bin").is_file():
-            raise UnsupportedFormat(f"{folder}: adapter_model.bin (pickle) is not read; "
-                                    f"convert it to {WEIGHTS_NAME}")
-        raise MissingFile(f"{folder}: no {WEIGHTS_NAME}")
+    # Before the weights: a LoHa's or a DoRA's tensors are not a plain LoRA's layout.
+    _refuse(folder, config_refusal(config))
+    weights_file = _weights_file(folder)
+    header = _read_header(weights_file)
     try:
-        with safe_open(str(weights_file), framework="pt") as handle:
-            header = {key: (handle.get_slice(key).get_dtype(), handle.get_slice(key).get_shape())
-                      for key in handle.keys()}
-    except Exception as exc:  # safetensors raises several types for damaged files
-        raise InvalidSafetensors(f"{weights_file}: unreadable or truncated ({exc})") from None
-
-    rslora = bool(config.get("use_rslora", False))
+        layout = check_lora_tensors(config, header)
+    except HubError as error:
+        raise type(error)(f"{folder}: {error.detail}") from None
+    _refuse(folder, merge_refusal(config, layout))
     fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
-    rank_pattern = config.get("rank_pattern") or {}
-    alpha_pattern = config.get("alpha_pattern") or {}
-    found: dict[str, dict[str, str]] = {}
-    ignored: list[str] = []
-    dtypes: set[str] = set()
-    for key, (dtype, _shape) in header.items():
-        name = key[len(PREFIX):] if key.startswith(PREFIX) else key
-        match = _FACTOR_RE.match(name)
-        if match is None:
-            # PEFT saves an embedding's base weight next to its LoRA (save_embedding_layers);
-            # it is the base model's, not part of the update.
-            if name.endswith(".base_layer.weight"):
-                ignored.append(key)
-                continue
-            _refuse_key(folder, key)
-        if dtype not in _FLOAT_DTYPES:
-            raise InvalidSafetensors(f"{weights_file}: tensor {key} has dtype {dtype}, not a float")
-        dtypes.add(_FLOAT_DTYPES[dtype])
-        found.setdefault(match.group("module"), {})[match.group("factor")] = key
-
     modules: dict[str, ModuleRef] = {}
-    for module, factors in found.items():
-        if set(factors) == {"lora_A.weight", "lora_B.weight"}:
-            kind = "linear"
-            key_a, key_b = factors["lora_A.weight"], factors["lora_B.weight"]
-        elif set(factors) == {"lora_embedding_A", "lora_embedding_B"}:
-            kind = "embedding"
-            key_a, key_b = factors["lora_embedding_A"], factors["lora_embedding_B"]
-        else:
-            raise TensorMismatch(f"{folder}: module {module} has factors {sorted(factors)}, "
-                                 f"not one A and one B")
-        shape_a, shape_b = header[key_a][1], header[key_b][1]
-        if len(shape_a) != 2 or len(shape_b) != 2:
-            raise UnsupportedFormat(f"{folder}: module {module} has {len(shape_a)}-d factors; "
-                                    f"only Linear, Conv1D and Embedding LoRA can be merged")
-        rank = shape_a[0]
-        if shape_b[1] != rank or rank < 1:
-            raise TensorMismatch(f"{folder}: module {module}: A is {tuple(shape_a)} but B is "
-                                 f"{tuple(shape_b)}")
-        expected = rank_pattern.get(get_pattern_key(rank_pattern, module), config["r"])
-        if int(expected) != rank:
-            raise TensorMismatch(f"{folder}: module {module} has rank {rank} but the config "
-                                 f"says {expected}")
-        alpha = float(alpha_pattern.get(get_pattern_key(alpha_pattern, module), config["lora_alpha"]))
-        scale = alpha / math.sqrt(rank) if rslora else alpha / rank
-        modules[module] = ModuleRef(module, kind, key_a, key_b, rank, shape_b[0], shape_a[1],
-                                    alpha, scale, fan_in_fan_out and kind == "linear")
-    if not modules:
-        raise TensorMismatch(f"{folder}: {WEIGHTS_NAME} holds no LoRA factors")
-    return LoraSource(folder, float(weight), config, weights_file, _hasher().submit(sha256_file, weights_file),
-                      readme_license(folder), dtypes, modules, ignored)
+    for m in layout.lora_modules():
+        modules[m.name] = ModuleRef(m.name, m.kind, m.key_a, m.key_b, m.a.shape[0], m.b.shape[0],
+                                    m.a.shape[1], module_alpha(config, m.name),
+                                    module_scaling(config, m.name),
+                                    fan_in_fan_out and m.kind == "linear")
+    dtypes = {MERGE_DTYPES[m.a.dtype] for m in layout.lora_modules()}
+    stop = threading.Event()
+    return LoraSource(folder, float(weight), config, weights_file, _hash(weights_file, hasher, stop),
+                      readme_license(folder), dtypes, modules, sorted(layout.ignored), _stop=stop)
 
 
-_HASHER: ThreadPoolExecutor | None = None
+def _hash(weights_file: Path, hasher: ThreadPoolExecutor | None, stop: threading.Event) -> Future:
+    if hasher is not None:
+        return hasher.submit(sha256_file, weights_file, stop=stop)
+    with hashing_pool(1) as own:
+        return own.submit(sha256_file, weights_file, stop=stop)
 
 
-def _hasher() -> ThreadPoolExecutor:
-    # hashlib releases the GIL on large blocks, so hashing overlaps the merge itself; one
-    # thread per core (up to 8), so that many sources on a many-core machine hash side by side.
-    global _HASHER
-    if _HASHER is None:
-        workers = min(8, max(2, os.cpu_count() or 2))
-        _HASHER = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lorastack-sha256")
-    return _HASHER
+@contextmanager
+def hashing_pool(sources: int) -> Iterator[ThreadPoolExecutor]:
+    """A pool that hashes the sources' weights while their merge runs, owned by one load.
+
+    hashlib releases the GIL on large blocks, so hashing overlaps the merge itself. On
+    leaving, the pool is shut down without waiting: queued hashes still run and its
+    threads end after the last one (no pool outlives the merge); on an error, queued
+    hashes are cancelled.
+    """
+    workers = max(1, min(8, sources, os.cpu_count() or 2))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lorastack-sha256")
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=False)

@@ -287,3 +287,55 @@ def test_publishing_under_an_unknown_owner_names_the_missing_user(client, make_u
     make_user("bob")
     body = assert_problem(publish(client, token, "bob/tiny", "1.0", lora_dir), 403, "forbidden")
     assert "Only bob" in body["detail"]
+
+
+def _renamed_keys(lora_dir, rename) -> bytes:
+    from safetensors.torch import load_file, save
+
+    tensors = load_file(str(lora_dir / "adapter_model.safetensors"))
+    return save({rename(key): value for key, value in tensors.items()}, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("rename, stray", [
+    # PEFT loads this as an adapter with every LoRA weight missing, without an error.
+    (lambda key: "weird." + key, "weird.base_model.model.model.layers.0.self_attn.q_proj"),
+    # A module target_modules does not match: PEFT never builds a LoRA there.
+    (lambda key: key.replace("v_proj", "k_proj"), "k_proj"),
+])
+def test_weights_peft_would_silently_ignore_are_refused_naming_the_key(app, client, make_user,
+                                                                       lora_dir, rename, stray):
+    token = make_user("alice")
+    response = publish(client, token, "alice/tiny", "1", lora_dir,
+                       files={"adapter_model.safetensors": _renamed_keys(lora_dir, rename)})
+    body = assert_problem(response, 422, "tensor_mismatch")
+    assert stray in body["detail"] and "PEFT would ignore it" in body["detail"]
+    assert_problem(client.get("/api/v1/adapters/alice/tiny"), 404, "not_found")
+    assert stored_blobs(app) == []
+
+
+def test_a_kohya_lora_is_told_what_is_accepted(client, make_user, lora_dir):
+    from safetensors.torch import load_file, save
+
+    token = make_user("alice")
+    tensors = load_file(str(lora_dir / "adapter_model.safetensors"))
+    kohya = save({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight":
+                  next(iter(tensors.values()))})
+    for files, code in (({"my_style.safetensors": kohya}, "unexpected_file"),
+                        ({"adapter_model.safetensors": kohya}, "missing_file")):
+        body = assert_problem(publish(client, token, "alice/tiny", "1", None, files=files), 400, code)
+        assert "kohya" in body["detail"] and "adapter_config.json" in body["detail"]
+    response = publish(client, token, "alice/tiny", "1", lora_dir,
+                       files={"adapter_model.safetensors": kohya})
+    body = assert_problem(response, 422, "tensor_mismatch")
+    assert "kohya" in body["detail"]
+
+
+def test_a_variant_the_merge_engine_refuses_publishes_as_not_mergeable(client, make_user,
+                                                                       tmp_path):
+    from tests.support.adapters import save_lora
+
+    token = make_user("alice")
+    folder = save_lora(tmp_path / "bias_all", seed=3, bias="all")
+    response = publish(client, token, "alice/biased", "1", folder)
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["mergeable"] is False

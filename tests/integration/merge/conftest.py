@@ -51,6 +51,7 @@ def bad_adapters(tmp_path_factory, adapters) -> dict[str, Path]:
     import json
     import shutil
 
+    import torch
     from peft import LoHaConfig, get_peft_model
     from safetensors.torch import load_file, save_file
 
@@ -97,5 +98,16 @@ def bad_adapters(tmp_path_factory, adapters) -> dict[str, Path]:
     config = json.loads((out["rank_mismatch"] / "adapter_config.json").read_text())
     config["r"] = 5
     (out["rank_mismatch"] / "adapter_config.json").write_text(json.dumps(config))
+    out["prefixed"] = copy("prefixed")
+    tensors = load_file(str(out["prefixed"] / weights))
+    save_file({"weird." + k: v for k, v in tensors.items()}, str(out["prefixed"] / weights))
+    kohya = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8),
+             "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(8, 4),
+             "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(4.0)}
+    out["kohya"] = root / "kohya"
+    out["kohya"].mkdir()
+    save_file(kohya, str(out["kohya"] / "my_style.safetensors"))
+    out["renamed_weights"] = copy("renamed_weights")
+    (out["renamed_weights"] / weights).rename(out["renamed_weights"] / "model.safetensors")
     out["missing"] = root / "does-not-exist"
     return out

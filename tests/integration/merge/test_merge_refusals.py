@@ -43,6 +43,9 @@ SOURCE_REFUSALS = {
     "nan": ("non-finite",),
     "rank_mismatch": ("config says 5",),
     "missing": ("not found",),
+    "prefixed": ("weird.base_model.model.", "PEFT would ignore it"),
+    "kohya": ("no adapter_config.json", "my_style.safetensors", "kohya", "lora_A.weight"),
+    "renamed_weights": ("no adapter_model.safetensors", "model.safetensors"),
 }
 
 

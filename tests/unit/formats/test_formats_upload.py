@@ -130,9 +130,12 @@ def test_dora_adapter_is_valid_but_not_mergeable(adapters):
     assert info.peft_type == "LORA" and info.mergeable is False
 
 
-@pytest.mark.parametrize("kind", ["lora_bias", "modules_to_save", "embedding"])
-def test_lora_variants_with_extra_tensors_are_not_mergeable(adapters, kind):
-    assert validate_upload(files_of(adapters[kind])).mergeable is False
+@pytest.mark.parametrize("kind, feature", [("lora_bias", "lora_bias"),
+                                           ("modules_to_save", "modules_to_save"),
+                                           ("conv", "Conv LoRA")])
+def test_lora_variants_the_engine_refuses_are_not_mergeable_and_say_why(adapters, kind, feature):
+    info = validate_upload(files_of(adapters[kind]))
+    assert info.mergeable is False and feature in info.not_mergeable_reason
 
 
 def test_ia3_adapter_is_stored_but_not_mergeable(adapters):
@@ -152,11 +155,13 @@ def test_ia3_adapter_is_still_checked_as_safetensors(copy_adapter):
         validate_upload(files_of(folder))
 
 
-@pytest.mark.parametrize("kind, targets", [("conv", ["conv"]), ("gpt2", ["c_attn"]),
+@pytest.mark.parametrize("kind, targets", [("embedding", ["embed_tokens", "q_proj"]),
+                                           ("gpt2", ["c_attn"]),
                                            ("rank_pattern", ["down_proj", "q_proj", "v_proj"])])
-def test_conv_gpt2_and_rank_pattern_adapters_are_mergeable(adapters, kind, targets):
+def test_embedding_gpt2_and_rank_pattern_adapters_are_mergeable(adapters, kind, targets):
     info = validate_upload(files_of(adapters[kind]))
-    assert info.mergeable is True and info.target_modules == targets
+    assert info.mergeable is True and info.not_mergeable_reason is None
+    assert info.target_modules == targets
 
 
 def test_readme_front_matter_is_returned(copy_adapter):
