@@ -123,6 +123,8 @@ class Version(Base):
     num_parameters: Mapped[int] = mapped_column(BigInteger, default=0)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     mergeable: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Why the merge engine would refuse it (hub.formats.rules), when mergeable is false.
+    not_mergeable_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     # sha256 over the sorted (path, sha256) pairs: identical re-sends are recognised by it.
     fingerprint: Mapped[str] = mapped_column(String(64))
     yanked: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -82,7 +82,9 @@ def _schemas() -> dict:
         "lora_alpha": _nullable({"type": "number"}),
         "target_modules": {"type": "array", "items": _string()},
         "num_parameters": {"type": "integer"}, "size_bytes": {"type": "integer"},
-        "mergeable": {"type": "boolean"}, "yanked": {"type": "boolean"},
+        "mergeable": {"type": "boolean"},
+        "not_mergeable_reason": _nullable(_string("Why the merge engine refuses it.")),
+        "yanked": {"type": "boolean"},
         "yank_reason": _nullable(_string()), "files": {"type": "array", "items": _ref("File")},
         "parents": {"type": "array", "items": _object(
             {"adapter": _string(), "version": _string(), "weight": {"type": "number"}})},

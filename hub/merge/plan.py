@@ -5,10 +5,10 @@ their modules and refuses sources that disagree on a module's kind or shape.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from hub.errors import IncompatibleAdapters
+from hub.merge.compat import (ModuleShape, SourceShapes, check_delta_shapes, check_together,
+                              union_modules)
 from hub.merge.sources import LoraSource, ModuleRef, hashing_pool, load_source
 from hub.merge.spec import SourceSpec, validate_sources
 
@@ -30,10 +30,6 @@ class ModulePlan:
         return sum(ref.rank for _, ref in self.parts)
 
 
-def _natural(name: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
 def load_sources(specs: list[SourceSpec]) -> list[LoraSource]:
     """Load every source and refuse sources that cannot be merged together.
 
@@ -46,7 +42,7 @@ def load_sources(specs: list[SourceSpec]) -> list[LoraSource]:
         with hashing_pool(len(checked)) as hasher:
             for spec in checked:
                 sources.append(load_source(spec.path, spec.weight, hasher))
-        _check_together(sources)
+        check_together([_shapes(source) for source in sources])
     except BaseException:
         for source in sources:
             source.close()
@@ -54,49 +50,9 @@ def load_sources(specs: list[SourceSpec]) -> list[LoraSource]:
     return sources
 
 
-def _check_together(sources: list[LoraSource]) -> None:
-    bases = {s.base_model for s in sources if s.base_model}
-    if len(bases) > 1:
-        raise IncompatibleAdapters(f"sources were trained on different base models: "
-                                   f"{', '.join(sorted(bases))}")
-    # PEFT saves the fan_in_fan_out of the LAST layer it wrapped, so a GPT-2 adapter that
-    # also targets lm_head (a Linear) says false. Only sources that share no module at all
-    # while disagreeing are from different model families.
-    conv, plain = _modules_by_layout(sources)
-    if conv and plain and not conv & plain:
-        raise IncompatibleAdapters("sources disagree on fan_in_fan_out (Conv1D vs Linear layout)"
-                                   " and share no module: they are for different models")
-
-
-def _modules_by_layout(sources: list[LoraSource]) -> tuple[set[str], set[str]]:
-    """Linear-kind module names of sources saved with fan_in_fan_out true, and false."""
-    conv: set[str] = set()
-    plain: set[str] = set()
-    for source in sources:
-        names = {name for name, ref in source.modules.items() if ref.kind == "linear"}
-        (conv if source.config.get("fan_in_fan_out", False) else plain).update(names)
-    return conv, plain
-
-
-#: The module names transformers gives its Conv1D layers (GPT-2 and relatives).
-CONV1D_NAMES = frozenset({"c_attn", "c_proj", "c_fc", "q_attn"})
-
-
 def check_delta_layout(sources: list[LoraSource]) -> None:
-    """Refuse a delta whose layout (in x out or out x in) the adapter cannot tell.
-
-    The saved fan_in_fan_out describes only PEFT's last wrapped layer, and the names alone
-    do not decide either (StarCoder's c_attn is a Linear). A LoRA output is unaffected:
-    B @ A is (out x in) for both, and PEFT works the layout out again when it loads.
-    """
-    for source in sources:
-        saved = bool(source.config.get("fan_in_fan_out", False))
-        for name, ref in source.modules.items():
-            if ref.kind == "linear" and (name.rsplit(".", 1)[-1] in CONV1D_NAMES) != saved:
-                raise IncompatibleAdapters(
-                    f"cannot tell whether {name} of {source.path} is a Conv1D (in x out) or a"
-                    " Linear (out x in) layer: PEFT saves fan_in_fan_out for its last layer"
-                    " only; use --output lora, which PeftModel loads either way")
+    """Refuse a delta whose layout the adapters cannot tell (hub.merge.compat)."""
+    check_delta_shapes([_shapes(source) for source in sources], "use --output lora")
 
 
 def layouts(sources: list[LoraSource]) -> set[bool]:
@@ -106,20 +62,20 @@ def layouts(sources: list[LoraSource]) -> set[bool]:
 
 
 def plan_modules(sources: list[LoraSource]) -> list[ModulePlan]:
-    """The union of modules, checking that sources agree on each module's kind and shape."""
-    plans: dict[str, ModulePlan] = {}
-    for index, source in enumerate(sources):
-        for name, ref in source.modules.items():
-            plan = plans.get(name)
-            if plan is None:
-                plans[name] = ModulePlan(name, ref.kind, ref.lora_shape, ref.base_shape, [(index, ref)],
-                                         ref.kind == "embedding" or ref.fan_in_fan_out)
-                continue
-            if plan.kind != ref.kind or plan.lora_shape != ref.lora_shape:
-                first = sources[plan.parts[0][0]].path
-                raise IncompatibleAdapters(
-                    f"module {name}: {first} has a {plan.kind} update of shape "
-                    f"{plan.lora_shape[0]}x{plan.lora_shape[1]} but {source.path} has a {ref.kind} "
-                    f"update of shape {ref.lora_shape[0]}x{ref.lora_shape[1]}")
-            plan.parts.append((index, ref))
-    return [plans[name] for name in sorted(plans, key=_natural)]
+    """The union of modules, checking that sources agree on each module's kind and shape
+    (the rule the hub's plan applies from the database: hub.merge.compat)."""
+    union = union_modules([_shapes(source) for source in sources])
+    plans = []
+    for name, indices in union.items():
+        first = sources[indices[0]].modules[name]
+        plans.append(ModulePlan(name, first.kind, first.lora_shape, first.base_shape,
+                                [(i, sources[i].modules[name]) for i in indices],
+                                first.kind == "embedding" or first.fan_in_fan_out))
+    return plans
+
+
+def _shapes(source: LoraSource) -> SourceShapes:
+    return SourceShapes(str(source.path), source.base_model, {
+        name: ModuleShape(ref.kind, ref.lora_shape[0], ref.lora_shape[1], ref.rank)
+        for name, ref in source.modules.items()},
+        bool(source.config.get("fan_in_fan_out", False)))

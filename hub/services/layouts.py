@@ -11,8 +11,8 @@ import struct
 from sqlalchemy.orm import Session
 
 from hub.errors import InvalidSafetensors
-from hub.formats import (CONFIG_FILE, WEIGHTS_FILE, check_lora_tensors, module_key,
-                         module_scaling, parse_adapter_config, parse_safetensors_header)
+from hub.formats import (CONFIG_FILE, WEIGHTS_FILE, check_lora_tensors, module_scaling,
+                         parse_adapter_config, parse_safetensors_header)
 from hub.merge.compat import ModuleShape, SourceShapes
 from hub.models import Version
 from hub.storage import BlobStore
@@ -47,15 +47,13 @@ def read_layout(store: BlobStore, version: Version) -> dict:
         header = parse_safetensors_header(handle.read(length), weights.size,
                                           max_header_bytes=MAX_HEADER_BYTES)
     modules = {}
-    for name, params in check_lora_tensors(config, header).modules.items():
-        embedding = "lora_embedding_A" in params
-        a = params["lora_embedding_A" if embedding else "lora_A.weight"]
-        b = params["lora_embedding_B" if embedding else "lora_B.weight"]
-        key = module_key(name)
-        modules[key] = {"kind": "embedding" if embedding else "linear",
-                        "shape": [b.shape[0], a.shape[-1] if embedding else a.shape[1]],
-                        "rank": a.shape[0], "scale": module_scaling(config, key),
-                        "dtype": a.dtype}
+    for module in check_lora_tensors(config, header).lora_modules():
+        # A is (r, in) or, for an embedding, (r, num_embeddings); B is (out, r).
+        modules[module.name] = {"kind": module.kind,
+                                "shape": [module.b.shape[0], module.a.shape[1]],
+                                "rank": module.a.shape[0],
+                                "scale": module_scaling(config, module.name),
+                                "dtype": module.a.dtype}
     return {"format": LAYOUT_FORMAT, "modules": modules,
             "fan_in_fan_out": bool(config.get("fan_in_fan_out", False)),
             "dtypes": sorted({entry["dtype"] for entry in modules.values()}),
@@ -66,4 +64,4 @@ def source_shapes(label: str, version: Version, layout: dict) -> SourceShapes:
     """The layout as the compatibility rules (hub.merge.compat) read it."""
     return SourceShapes(label, version.base_model, {
         name: ModuleShape(m["kind"], m["shape"][0], m["shape"][1], m["rank"])
-        for name, m in layout["modules"].items()})
+        for name, m in layout["modules"].items()}, layout["fan_in_fan_out"])

@@ -18,7 +18,7 @@ from hub.config import Settings
 from hub.errors import IncompatibleAdapters, InvalidMerge, InvalidRequest
 from hub.licenses import DerivedLicense, SourceLicense, derive_license
 from hub.merge import ENGINE_VERSION
-from hub.merge.compat import CONV1D_NAMES, check_base_models, union_modules
+from hub.merge.compat import check_delta_shapes, check_together, union_modules
 from hub.merge.spec import DENSE_METHODS, MergeSpec
 from hub.models import Adapter, Version
 from hub.services.accounts import Principal
@@ -145,10 +145,10 @@ def plan_merge(session: Session, store: BlobStore, settings: Settings,
     _check_limits(settings, request)
     sources = [_resolve(session, store, principal, ref) for ref in request.sources]
     shapes = [source_shapes(s.label, s.version, s.layout) for s in sources]
-    check_base_models(shapes)
+    check_together(shapes)
     modules = union_modules(shapes)
     if request.spec.output == "delta":
-        _check_delta_layout(sources)
+        check_delta_shapes(shapes, 'ask for "output": "lora"')
     total = sum(s.version.size_bytes for s in sources)
     if total > settings.max_merge_source_bytes:
         raise InvalidMerge(f"the sources hold {total} bytes; this hub merges at most"
@@ -174,21 +174,10 @@ def _resolve(session: Session, store: BlobStore, principal: Principal | None,
     adapter, version = get_version(session, principal, ref.owner, ref.name, ref.version)
     label = f"{ref.owner}/{ref.name}@{version.label}"
     if not version.mergeable:
-        raise IncompatibleAdapters(f"{label} cannot be merged: it is a {version.peft_type}"
-                                   " adapter with parts a plain LoRA merge cannot carry"
-                                   " (see its mergeable flag)")
+        why = version.not_mergeable_reason or (
+            f"it is a {version.peft_type} adapter with parts a plain LoRA merge cannot carry")
+        raise IncompatibleAdapters(f"{label} cannot be merged: {why}")
     return PlannedSource(adapter, version, ref.weight, version_layout(session, store, version))
-
-
-def _check_delta_layout(sources: list[PlannedSource]) -> None:
-    for source in sources:
-        saved = source.layout["fan_in_fan_out"]
-        for name, module in source.layout["modules"].items():
-            if module["kind"] == "linear" and (name.rsplit(".", 1)[-1] in CONV1D_NAMES) != saved:
-                raise IncompatibleAdapters(
-                    f"cannot tell whether {name} of {source.label} is a Conv1D (in x out) or a"
-                    " Linear (out x in) layer: PEFT saves fan_in_fan_out for its last layer"
-                    " only; ask for output lora, which PeftModel loads either way")
 
 
 def _derive(principal: Principal | None,

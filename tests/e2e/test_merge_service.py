@@ -281,3 +281,17 @@ def test_cancel_a_queued_merge_and_the_active_limit(app, client, settings, two_a
     again = client.post("/api/v1/merges", headers=auth(token),
                         json=spec(("alice/a", "1.0", 1), rank=99))
     assert again.status_code == 202
+
+
+def test_a_source_the_engine_would_refuse_is_refused_by_the_plan_with_its_reason(
+        client, make_user, tmp_path):
+    from tests.support.adapters import save_lora
+
+    token = make_user("alice")
+    biased = save_lora(tmp_path / "biased", seed=5, bias="all")
+    version = publish(client, token, "alice/biased", "1", biased).get_json()
+    assert version["mergeable"] is False and "bias" in version["not_mergeable_reason"]
+    body = assert_problem(client.post("/api/v1/merges/plan", headers=auth(token),
+                                      json=spec(("alice/biased", "1", 1))),
+                          422, "incompatible_adapters")
+    assert "alice/biased@1 cannot be merged" in body["detail"] and "bias" in body["detail"]

@@ -1,4 +1,4 @@
-"""merges: jobs, their sources and result files; version layouts
+"""merges: jobs, their sources and result files; version layouts and merge refusals
 
 Revision ID: 0003
 Revises: 0002
@@ -86,11 +86,13 @@ def upgrade() -> None:
 
     with op.batch_alter_table('versions', schema=None) as batch_op:
         batch_op.add_column(sa.Column('layout', sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column('not_mergeable_reason', sa.Text(), nullable=True))
 
 
 
 def downgrade() -> None:
     with op.batch_alter_table('versions', schema=None) as batch_op:
+        batch_op.drop_column('not_mergeable_reason')
         batch_op.drop_column('layout')
 
     with op.batch_alter_table('merge_sources', schema=None) as batch_op:
