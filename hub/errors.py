@@ -287,3 +287,11 @@ class UserExists(HubError):
     code = "user_exists"
     status = 409
     title = "User exists"
+
+
+class HubUnreachable(HubError):
+    """The client cannot reach the hub, or the connection broke (CLI and client library)."""
+
+    code = "hub_unreachable"
+    status = 503
+    title = "Hub unreachable"

@@ -5,9 +5,10 @@ import click
 
 from hub import __version__
 from hub.cli import client, merge_local, server
+from hub.cli.errors import HubGroup
 
 
-@click.group()
+@click.group(cls=HubGroup)
 @click.version_option(__version__, prog_name="lorastack")
 def main() -> None:
     """lorastack: a registry and merge hub for LoRA adapters."""

@@ -1,29 +1,18 @@
-"""Client-side commands: push, pull, search."""
+"""Client-side commands: push and search here; pull, show and yank in their own modules."""
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import click
 
+from hub.cli import show, transfer
 from hub.cli.http import HubClient, MultipartStream
+from hub.cli.progress import ByteProgress
+from hub.cli.refs import split_ref
 
 
-
-def _split_ref(ref: str) -> tuple[str, str, str]:
-    """owner/name[@version] -> (owner, name, version or 'latest')."""
-    spec, _, version = ref.partition("@")
-    owner, slash, name = spec.partition("/")
-    if not slash or not owner or not name or "/" in name:
-        raise click.BadParameter(f"{ref!r} is not owner/name[@version]")
-    return owner, name, version or "latest"
-
-
-@click.command("push")
+@click.command("push", short_help="Publish an adapter folder as a version.")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("ref")
 @click.option("--version", "version", required=True, help="Version label, e.g. 1.0.0.")
@@ -41,9 +30,9 @@ def push(directory: Path, ref: str, version: str, license_id: str | None,
          description: str | None, task: str | None, base_model: str | None,
          private: bool) -> None:
     """Publish the PEFT adapter in DIRECTORY as owner/name at --version."""
-    owner, name, at = _split_ref(ref)
-    if at != "latest":
-        raise click.BadParameter("give the version with --version, not @", param_hint="REF")
+    owner, name, at = split_ref(ref)
+    if "@" in ref:
+        raise click.ClickException(f"{ref!r}: give the version with --version, not @{at}")
     from hub.formats.names import ALLOWED_FILES, CONVERT_HINT, PICKLE_SUFFIXES, REQUIRED_FILES
 
     files = [directory / f for f in sorted(ALLOWED_FILES) if (directory / f).is_file()]
@@ -71,41 +60,14 @@ def push(directory: Path, ref: str, version: str, license_id: str | None,
         fields.append(("metadata", json.dumps(metadata)))
     body = MultipartStream(fields, [("files", path) for path in files])
     client = HubClient()
-    response = client.request("POST", f"/adapters/{owner}/{name}/versions", data=body,
-                              headers={"Content-Type": body.content_type}, timeout=None)
+    with ByteProgress(f"pushing {owner}/{name}@{version}", len(body)) as bar:
+        body.on_read = bar.update
+        response = client.request("POST", f"/adapters/{owner}/{name}/versions", data=body,
+                                  headers={"Content-Type": body.content_type}, timeout=None)
     result = response.json()
     verb = "published" if response.status_code == 201 else "already published (identical)"
     click.echo(f"{verb} {result['adapter']}@{result['version']}"
                f" ({len(result['files'])} files, {result['size_bytes']} bytes)")
-
-
-@click.command("pull")
-@click.argument("ref")
-@click.argument("directory", type=click.Path(path_type=Path))
-def pull(ref: str, directory: Path) -> None:
-    """Download owner/name[@version] into DIRECTORY (checking every sha256)."""
-    owner, name, version = _split_ref(ref)
-    client = HubClient()
-    info = client.request("GET", f"/adapters/{owner}/{name}/versions/{version}").json()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".pull-", dir=directory.parent))
-    try:
-        for file in info["files"]:
-            url = f"/adapters/{owner}/{name}/versions/{info['version']}/files/{file['path']}"
-            digest = hashlib.sha256()
-            with client.request("GET", url, stream=True) as response, \
-                    open(staging / file["path"], "wb") as out:
-                for chunk in response.iter_content(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-            if digest.hexdigest() != file["sha256"]:
-                raise click.ClickException(f"{file['path']}: sha256 mismatch; download again")
-        directory.mkdir(parents=True, exist_ok=True)
-        for file in info["files"]:
-            os.replace(staging / file["path"], directory / file["path"])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    click.echo(f"pulled {info['adapter']}@{info['version']} into {directory}")
 
 
 @click.command("search")
@@ -125,7 +87,7 @@ def search(text, base_model, license_id, tag, task, owner, sort, limit, as_json)
                                             ("license", license_id), ("tag", tag),
                                             ("task", task), ("owner", owner), ("sort", sort),
                                             ("limit", limit)) if value is not None}
-    items = HubClient().request("GET", "/adapters", params=params).json()["items"]
+    items = HubClient().get_json("/adapters", **params)["items"]
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
@@ -142,5 +104,5 @@ def search(text, base_model, license_id, tag, task, owner, sort, limit, as_json)
 
 def register(group: click.Group) -> None:
     """Add the client commands to the `lorastack` group."""
-    for command in (push, pull, search):
+    for command in (push, transfer.pull, search, show.show, show.yank, show.unyank):
         group.add_command(command)

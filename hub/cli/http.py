@@ -1,52 +1,96 @@
-"""A small HTTP client for the CLI: bearer auth, problem+json errors, streamed multipart."""
+"""A small HTTP client for the hub: bearer auth, HubError subclasses, streamed transfers.
+
+Usable as a library: every failure is a `hub.errors.HubError` (the server's problem+json
+turned back into its class, or HubUnreachable), never a `requests` exception.
+"""
 from __future__ import annotations
 
 import io
 import os
 import uuid
 from pathlib import Path
-
-import click
+from typing import BinaryIO, Callable
 
 from hub.config import client_endpoint, client_token
+from hub.errors import HubError, HubUnreachable, error_from_problem
+
+# A body that is not problem+json (a proxy's page, an old hub) still gets a code.
+_CODE_BY_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not_found",
+                   405: "method_not_allowed", 413: "file_too_large", 429: "rate_limited"}
 
 
 class HubClient:
-    """Talks to a hub at LORASTACK_ENDPOINT with LORASTACK_TOKEN."""
+    """Talks to a hub at LORASTACK_ENDPOINT with LORASTACK_TOKEN (or the given ones)."""
 
     def __init__(self, endpoint: str | None = None, token: str | None = None) -> None:
         import requests
 
         self.endpoint = (endpoint or client_endpoint()).rstrip("/")
+        self.token = token or client_token()
         self.session = requests.Session()
-        token = token or client_token()
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+        if self.token:
+            self.session.headers["Authorization"] = f"Bearer {self.token}"
         self.session.headers["User-Agent"] = "lorastack-cli"
 
     def request(self, method: str, path: str, **kwargs):
-        """Send a request; raise a one-line ClickException for an error response."""
+        """Send a request to /api/v1`path`; raise the HubError an error response stands for."""
         import requests
 
         url = f"{self.endpoint}/api/v1{path}"
         try:
             response = self.session.request(method, url, timeout=kwargs.pop("timeout", 600),
                                             **kwargs)
-        except requests.ConnectionError:
-            raise click.ClickException(f"cannot reach the hub at {self.endpoint}; is it running?"
-                                       " (set LORASTACK_ENDPOINT)") from None
+        except requests.RequestException as exc:
+            raise self._unreachable(exc) from None
         if response.status_code >= 400:
-            raise click.ClickException(describe_error(response))
+            raise error_from_response(response)
         return response
 
+    def get_json(self, path: str, **params) -> dict:
+        """GET `path` and return its JSON body."""
+        return self.request("GET", path, params=params or None).json()
 
-def describe_error(response) -> str:
-    """One line for an error response: its detail and code."""
+    def post_json(self, path: str, body: dict) -> dict:
+        """POST a JSON body to `path` and return the JSON answer."""
+        return self.request("POST", path, json=body).json()
+
+    def download(self, path: str, out: BinaryIO,
+                 on_chunk: Callable[[bytes], None] | None = None) -> None:
+        """Stream the bytes at `path` into `out`, calling `on_chunk` with each chunk."""
+        import requests
+
+        with self.request("GET", path, stream=True) as response:
+            try:
+                for chunk in response.iter_content(1 << 20):
+                    out.write(chunk)
+                    if on_chunk is not None:
+                        on_chunk(chunk)
+            except requests.RequestException as exc:
+                raise self._unreachable(exc, during="a download") from None
+
+    def _unreachable(self, exc: Exception, during: str = "the request") -> HubUnreachable:
+        import requests
+
+        if isinstance(exc, requests.Timeout):
+            what = f"the hub at {self.endpoint} did not answer in time during {during}"
+        elif isinstance(exc, requests.ConnectionError):
+            what = f"cannot reach the hub at {self.endpoint} (or it broke off {during})"
+        else:
+            what = f"{during} to the hub at {self.endpoint} failed ({type(exc).__name__})"
+        return HubUnreachable(f"{what}: check LORASTACK_ENDPOINT and that the hub runs")
+
+
+def error_from_response(response) -> HubError:
+    """The HubError for an error response: its problem+json, or one made from the status."""
     try:
         body = response.json()
-        return f"{body.get('detail') or body.get('title')} ({body.get('code')})"
     except ValueError:
-        return f"HTTP {response.status_code} from {response.url}"
+        body = None
+    if not isinstance(body, dict) or "code" not in body:
+        status = response.status_code
+        code = _CODE_BY_STATUS.get(status, "internal" if status >= 500 else "invalid_request")
+        body = {"code": code, "detail": f"HTTP {status} from {response.url}"}
+    return error_from_problem(body, response.status_code)
 
 
 class MultipartStream(io.RawIOBase):
@@ -68,6 +112,8 @@ class MultipartStream(io.RawIOBase):
         self._index = 0
         self._position = 0
         self._current: io.BufferedReader | io.BytesIO | None = None
+        #: Called with the size of every chunk read: how push draws its progress.
+        self.on_read: Callable[[int], None] | None = None
 
     def _head(self, name: str, filename: str | None = None) -> bytes:
         disposition = f'form-data; name="{name}"'
@@ -102,6 +148,8 @@ class MultipartStream(io.RawIOBase):
             chunk = self._current.read(size)
             if chunk:
                 self._position += len(chunk)
+                if self.on_read is not None:
+                    self.on_read(len(chunk))
                 return chunk
             self._current.close()
             self._current = None

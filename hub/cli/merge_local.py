@@ -9,6 +9,8 @@ from typing import Callable
 
 import click
 
+from hub.cli import provenance
+from hub.cli.progress import duration as _duration
 from hub.errors import HubError, InvalidMerge
 from hub.merge.spec import ALIASES, DEVICES, DTYPES, METHODS, OUTPUTS, SIGN_METHODS, MergeSpec, SourceSpec
 
@@ -33,16 +35,6 @@ def parse_source(arg: str) -> SourceSpec:
     if not path:
         raise InvalidMerge(f"no adapter folder in {arg!r}")
     return SourceSpec(Path(path), weight)
-
-
-def _duration(seconds: float) -> str:
-    """45s, 2m51s, 1h05m."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class _Progress:
@@ -80,7 +72,7 @@ class _OneLineCommand(click.Command):
             raise click.ClickException(exc.format_message()) from None
 
 
-@click.command("merge-local", cls=_OneLineCommand)
+@click.command("merge-local", cls=_OneLineCommand, short_help="Merge adapter folders offline.")
 @click.argument("sources", nargs=-1, required=True, metavar="DIR[:WEIGHT]...")
 @click.option("--method", default="linear", show_default=True,
               help=f"One of {', '.join(METHODS)}; PEFT's {', '.join(ALIASES)} are aliases.")
@@ -107,9 +99,11 @@ def merge_local(sources: tuple[str, ...], method: str, rank: int | None, density
         spec = MergeSpec(method=method, rank=rank, density=density,
                          majority_sign_method=majority_sign_method, seed=seed,
                          output=output_kind, dtype=dtype, device=device).validate()
+        infos, derived = _source_licenses(specs)
         from hub.merge.engine import merge_to_folder  # torch loads here, not at CLI start
 
         report = merge_to_folder(specs, spec, out_dir, progress=_Progress())
+        provenance.annotate_report(out_dir, infos, derived)
     except HubError as exc:
         raise click.ClickException(exc.detail) from None
     except MemoryError:
@@ -126,3 +120,13 @@ def merge_local(sources: tuple[str, ...], method: str, rank: int | None, density
                   f", ranks {ranks[0]}-{ranks[-1]}" if ranks else "")
                + (f", energy kept >= {kept:.4f}" if kept is not None else "")
                + f", {report['elapsed_s']:.2f}s on {report['device']}")
+    click.echo(provenance.describe_license(derived, infos))
+
+
+def _source_licenses(specs: list[SourceSpec]):
+    """Each source's licence (a pulled folder's provenance first) and the merge's, warning
+    about a provenance file that no longer matches its folder."""
+    infos, warnings = provenance.read_sources([spec.path for spec in specs])
+    for warning in warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    return infos, provenance.derive_merged_license(infos)
