@@ -2,6 +2,7 @@
 no published version and no unexpired merge still names (the cache shares result blobs)."""
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -114,3 +115,36 @@ def test_gc_removes_an_expired_results_blobs_but_not_what_a_published_version_na
     again = merged(client, alice, rank=2)
     assert again["id"] != gone["id"] and downloads(client, alice, again["id"]) == {200}
 
+
+def test_a_cache_hit_does_not_share_a_result_whose_blobs_gc_took_meanwhile(
+        app, client, tokens, monkeypatch):
+    from hub.services import merges as merge_service
+    from hub.services.maintenance import collect_garbage
+
+    alice, bob = tokens
+    first = merged(client, alice, rank=2)
+    hub = app.extensions["lorastack"]
+    lock_blobs = merge_service.lock_blobs
+    removed: list[str] = []
+
+    def expire_and_gc_before_the_locks(session, keys):
+        # The shared merge expires after the cache query, and gc takes its blobs first.
+        expire(app, first["id"])
+        gc = threading.Thread(target=lambda: removed.extend(
+            collect_garbage(hub.db, hub.store, grace_hours=0)))
+        gc.start()
+        gc.join(60)
+        lock_blobs(session, keys)
+
+    monkeypatch.setattr(merge_service, "lock_blobs", expire_and_gc_before_the_locks)
+    response = client.post("/api/v1/merges", headers=auth(bob),
+                           json=spec(("alice/a", "1.0", 0.5), ("alice/b", "2.0", 0.5), rank=2))
+    monkeypatch.undo()
+    assert response.status_code == 202 and keys(first) <= set(removed)
+    # Not a copy of the vanished result: a merge of its own, which stores the blobs again.
+    assert response.get_json()["status"] in ("queued", "running")
+    again = wait(client, bob, response.get_json()["id"])
+    weights = {m["id"]: {f["sha256"] for f in m["files"] if f["path"].endswith(".safetensors")}
+               for m in (first, again)}
+    assert again["status"] == "succeeded" and weights[again["id"]] == weights[first["id"]]
+    assert downloads(client, bob, again["id"]) == {200}
