@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Merge engine on a CUDA machine: the merge tests on the GPU, then the full bench.
+# Merge engine on a CUDA machine: the merge tests on the GPU, the full bench, then the
+# merge service's bench (bench/merge_service.py) with its workers on the GPU.
 #
 #   bash bench/gpu_check.sh            # from the repo root; results under $OUT (default ./out)
+#   SERVICE=0 bash bench/gpu_check.sh  # without the service bench
 #
 # No virtualenv is expected there: the machine's own torch is used and never replaced.
 # Missing pure-Python packages are installed with pip (from $WHEELHOUSE when that folder
@@ -61,7 +63,10 @@ timeout 120 "$PY" -m pytest -q -p no:cacheprovider --confcutdir=tests/unit/merge
 timeout 150 "$PY" -m pytest -q -p no:cacheprovider --confcutdir=tests/integration/merge \
   tests/integration/merge 2>&1 | tail -n 25 | tee "$OUT/merge_tests_cuda_integration.txt"
 
-left=$(( 340 - ($(date +%s) - start) ))
+# The service bench gets its own budget after the engine's.
+service_budget=0
+if [[ "${SERVICE:-1}" != 0 ]]; then service_budget=${SERVICE_BUDGET:-150}; fi
+left=$(( 340 - service_budget - ($(date +%s) - start) ))
 if (( left < 60 )); then left=60; fi
 echo "== bench (cuda, 32 layers; ${left}s budget)"
 # BENCH_ARGS overrides the rows (e.g. "--repeat 3 --dense-configs none" for the linear rows alone);
@@ -71,4 +76,28 @@ echo "== bench (cuda, 32 layers; ${left}s budget)"
 timeout "$left" "$PY" bench/merge.py --device cuda ${BENCH_ARGS:---repeat 2 --dense-configs 3x16 --core-ab --profile} \
   --tmp "${BENCH_TMP:-/tmp}" \
   | tee "$OUT/bench_merge_cuda.txt"
+
+if (( service_budget > 0 )); then
+  echo "== service bench (cuda; ${service_budget}s budget)"
+  # The hub itself (flask, gunicorn, sqlalchemy, celery...) with torch pinned to the installed
+  # build; the bench runs `lorastack` through this Python when no console script was made.
+  if ! "$PY" -c 'import flask, gunicorn, sqlalchemy, alembic, celery, redis, prometheus_client' \
+      2>/dev/null; then
+    constraints="$(mktemp)"
+    "$PY" -c 'import torch; print("torch==" + torch.__version__)' > "$constraints"
+    source_args=(--timeout 20 --retries 1)
+    if [[ -d "${WHEELHOUSE:-bench/wheelhouse}" ]]; then
+      source_args=(--no-index --find-links "${WHEELHOUSE:-bench/wheelhouse}")
+    fi
+    timeout 120 "$PY" -m pip install -q -c "$constraints" "${source_args[@]}" -e . \
+      || echo "WARNING: installing the hub's dependencies failed; the service bench may fail"
+    rm -f "$constraints"
+  fi
+  # SERVICE_ARGS overrides the sizes; without redis-server the throughput row uses the
+  # inline queue (the table says so).
+  service_args=(${SERVICE_ARGS:---repeat 2 --queued 10})
+  command -v redis-server >/dev/null || [[ -x /usr/bin/redis-server ]] || service_args+=(--no-celery)
+  LORASTACK_DEVICE=cuda timeout "$service_budget" "$PY" bench/merge_service.py "${service_args[@]}" \
+    --tmp "${BENCH_TMP:-/tmp}" | tee "$OUT/bench_merge_service_cuda.txt"
+fi
 echo "== done in $(( $(date +%s) - start ))s"

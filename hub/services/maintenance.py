@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, exists, or_, select, update
 
@@ -12,30 +12,39 @@ from hub.services.blobs import lock_blobs
 from hub.storage import BlobStore, blob_key
 
 
+def _live(now: datetime):
+    """A merge whose result is still served: unexpired, or never expiring (published)."""
+    return or_(Merge.expires_at.is_(None), Merge.expires_at > now)
+
+
 def expire_merges(db: Database, *, dry_run: bool = False) -> list[str]:
     """Let go of the result files of merges past their expiry (their blobs become orphans,
     which gc removes once no other row names them); returns the merges' ids."""
     now = utcnow()
+    holds_result = or_(Merge.archive_sha256.is_not(None),
+                       exists().where(MergeFile.merge_id == Merge.id))
     with db.session() as session:
-        ids = list(session.scalars(select(Merge.id).where(
-            Merge.expires_at <= now,
-            or_(Merge.archive_sha256.is_not(None),
-                exists().where(MergeFile.merge_id == Merge.id)))))
-        if ids and not dry_run:
+        if dry_run:
+            return list(session.scalars(select(Merge.id).where(~_live(now), holds_result)))
+        # One conditional UPDATE, not a list read earlier: a publish that cleared the
+        # expiry meanwhile keeps its files (PostgreSQL re-checks the row after its lock).
+        ids = list(session.scalars(
+            update(Merge).where(~_live(now), holds_result)
+            .values(archive_sha256=None, archive_size=None).returning(Merge.id)
+            .execution_options(synchronize_session=False)))
+        if ids:
             session.execute(delete(MergeFile).where(MergeFile.merge_id.in_(ids)))
-            session.execute(update(Merge).where(Merge.id.in_(ids))
-                            .values(archive_sha256=None, archive_size=None)
-                            .execution_options(synchronize_session=False))
     return ids
 
 
-def _named(session, key: str) -> bool:
-    """Whether a version file, a merge result or a merge archive names the blob `key`."""
+def _named(session, key: str, now: datetime) -> bool:
+    """Whether a version file, or a live merge's result file or archive, names `key`."""
     digest = key.rsplit("/", 1)[-1]
     return bool(session.scalar(select(or_(
         exists().where(VersionFile.blob_key == key),
-        exists().where(MergeFile.blob_key == key),
-        exists().where(Merge.archive_sha256 == digest)))))
+        select(MergeFile.id).join(Merge, MergeFile.merge_id == Merge.id)
+        .where(MergeFile.blob_key == key, _live(now)).exists(),
+        exists().where(Merge.archive_sha256 == digest, _live(now))))))
 
 
 def collect_garbage(db: Database, store: BlobStore, *, grace_hours: float = 24.0,
@@ -44,13 +53,19 @@ def collect_garbage(db: Database, store: BlobStore, *, grace_hours: float = 24.0
     # The grace period spares a publish whose blob is written but whose row is not yet
     # committed (a young blob; a dedup hit on the local store refreshes it too) from
     # storing it twice; the lock below is what keeps its bytes.
-    cutoff = utcnow() - timedelta(hours=grace_hours)
+    now = utcnow()
+    cutoff = now - timedelta(hours=grace_hours)
     pace = not dry_run and db.engine.dialect.name == "sqlite"
+    # An expired merge names nothing, whether or not expire_merges has dropped its rows
+    # yet: a dry run then lists what the real run removes.
     with db.session() as session:
         named = set(session.scalars(select(VersionFile.blob_key).distinct()))
-        named |= set(session.scalars(select(MergeFile.blob_key).distinct()))
+        named |= set(session.scalars(
+            select(MergeFile.blob_key).join(Merge, MergeFile.merge_id == Merge.id)
+            .where(_live(now)).distinct()))
         named |= {blob_key(digest) for digest in session.scalars(
-            select(Merge.archive_sha256).where(Merge.archive_sha256.is_not(None)).distinct())}
+            select(Merge.archive_sha256).where(Merge.archive_sha256.is_not(None), _live(now))
+            .distinct())}
     removed = []
     for key, modified in store.iter_blobs():
         if key in named or modified > cutoff:
@@ -63,7 +78,7 @@ def collect_garbage(db: Database, store: BlobStore, *, grace_hours: float = 24.0
         with db.session() as session:
             if not dry_run:
                 lock_blobs(session, [key])
-            if _named(session, key):
+            if _named(session, key, now):
                 continue
             if not dry_run:
                 store.delete(key)

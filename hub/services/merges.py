@@ -21,8 +21,9 @@ from hub.models import (ACTIVE_STATUSES, Adapter, Merge, MergeFile, MergeSource,
                         utcnow)
 from hub.services.access import require_writer
 from hub.services.accounts import Principal
+from hub.services.blobs import lock_blobs
 from hub.services.merge_plan import MergePlan, MergeRequest, plan_merge, request_view
-from hub.storage import BlobStore
+from hub.storage import BlobStore, blob_key
 
 ARCHIVE_NAME = "archive.zip"
 #: How long a caller over the active-merge limit is asked to wait before trying again.
@@ -56,7 +57,7 @@ def request_merge(session: Session, store: BlobStore, settings: Settings,
         _merge_query().where(Merge.cache_key == key, Merge.status == "succeeded",
                              or_(Merge.expires_at.is_(None), Merge.expires_at > now))
         .order_by(Merge.finished_at.desc()).limit(1))
-    if done is not None:
+    if done is not None and _still_served(session, done):
         _copy_result(done, merge, now, settings)
     session.add(merge)
     session.flush()
@@ -72,6 +73,18 @@ def _new_merge(principal: Principal, plan: MergePlan, now: datetime) -> Merge:
         license={**plan.license.to_dict(), "reasons": plan.reasons},
         sources=[MergeSource(position=i, version_id=s.version.id, weight=s.weight)
                  for i, s in enumerate(plan.sources)])
+
+
+def _still_served(session: Session, done: Merge) -> bool:
+    """Whether `done`'s blobs may be shared: under their locks (hub.services.blobs), it has
+    not expired. gc deletes a blob only when no live merge names it, so one that expired
+    after the query above may have lost its blobs to a gc that held the locks first."""
+    keys = [f.blob_key for f in done.files]
+    if done.archive_sha256:
+        keys.append(blob_key(done.archive_sha256))
+    lock_blobs(session, keys)
+    expires_at = session.scalar(select(Merge.expires_at).where(Merge.id == done.id))
+    return expires_at is None or expires_at > utcnow()
 
 
 def _copy_result(done: Merge, merge: Merge, now: datetime, settings: Settings) -> None:
@@ -191,8 +204,6 @@ def cancel_merge(session: Session, principal: Principal | None, merge_id: str) -
 def result_file(session: Session, principal: Principal | None, merge_id: str,
                 path: str) -> tuple[Merge, str, int, str]:
     """(merge, blob key, size, sha256) of a result file or the archive; 410 once expired."""
-    from hub.storage import blob_key
-
     merge = get_merge(session, principal, merge_id)
     if merge.status != "succeeded":
         raise NotFound(f"Merge {merge.id} is {merge.status}: it has no files"
