@@ -6,6 +6,7 @@ from flask import jsonify, redirect, request, send_file
 from hub.api import api_v1
 from hub.api.adapters import json_body
 from hub.api.auth import current_principal
+from hub.errors import Unauthorized
 from hub.runtime import current_hub
 from hub.services import merges
 from hub.services.merge_plan import parse_merge_request, plan_merge, plan_view
@@ -21,9 +22,12 @@ def plan_merge_route():
     """Every check a merge would get, and its licence and size; nothing is queued."""
     hub = current_hub()
     merge_request = parse_merge_request(json_body())
+    principal = current_principal()
+    if merge_request.analyze and principal is None:
+        raise Unauthorized("An analysis reads the sources' weights: send a token"
+                           " (`Authorization: Bearer <token>`).")
     with hub.db.session() as session:
-        result = plan_merge(session, hub.store, hub.settings, current_principal(),
-                            merge_request)
+        result = plan_merge(session, hub.store, hub.settings, principal, merge_request)
         body = plan_view(result)
     if merge_request.analyze:
         from hub.services.merge_analysis import analyze_plan

@@ -50,6 +50,7 @@ def upgrade() -> None:
     with op.batch_alter_table('merges', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_merges_cache_key'), ['cache_key'], unique=False)
         batch_op.create_index(batch_op.f('ix_merges_created_at'), ['created_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_merges_finished_at'), ['finished_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_merges_requester_id'), ['requester_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_merges_status'), ['status'], unique=False)
 
@@ -109,6 +110,7 @@ def downgrade() -> None:
     with op.batch_alter_table('merges', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_merges_status'))
         batch_op.drop_index(batch_op.f('ix_merges_requester_id'))
+        batch_op.drop_index(batch_op.f('ix_merges_finished_at'))
         batch_op.drop_index(batch_op.f('ix_merges_created_at'))
         batch_op.drop_index(batch_op.f('ix_merges_cache_key'))
 
