@@ -32,6 +32,9 @@ V = TypeVar("V")
 OPPOSED_COSINE = -0.1
 #: A source whose norm exceeds this multiple of the median of the others' dwarfs them.
 DOMINANT_RATIO = 10.0
+#: Bytes of float64 rows widened at a time for a Gram product: a chunk that stays in cache
+#: for its GEMM, where a whole widened stack (megabytes) would make it wait on memory.
+CHUNK_BYTES = 1 << 20
 
 
 def inner_products(Bs: Sequence[torch.Tensor], As: Sequence[torch.Tensor], coefs: Sequence[float],
@@ -40,17 +43,15 @@ def inner_products(Bs: Sequence[torch.Tensor], As: Sequence[torch.Tensor], coefs
     device = Bs[0].device if device is None else torch.device(device)
     ranks = [b.shape[1] for b in Bs]
     d, k, R = Bs[0].shape[0], As[0].shape[1], sum(ranks)
-    # Copying into one float64 stack widens fp16/bf16 factors exactly, in the same pass.
-    B = torch.empty(d, R, dtype=torch.float64, device=device)
-    A = torch.empty(R, k, dtype=torch.float64, device=device)
+    # Stacked in the stored dtype (cat promotes mixed ones exactly); widened chunk by chunk.
+    B = torch.cat([b.to(device) for b in Bs], 1)
+    A = torch.cat([a.to(device) for a in As], 0)
+    Gb, Ga = _gram(B), _gram(A.T)
     blocks = torch.zeros(len(Bs), R, dtype=torch.float64, device=device)
     offset = 0
-    for j, (b, a, r) in enumerate(zip(Bs, As, ranks)):
-        B[:, offset:offset + r].copy_(b)
-        A[offset:offset + r].copy_(a)
+    for j, r in enumerate(ranks):
         blocks[j, offset:offset + r] = 1.0
         offset += r
-    Gb, Ga = B.T @ B, A @ A.T
     inner = blocks @ (Gb * Ga) @ blocks.T
     # sum_p |b_p| |a_p| bounds |B_i A_i|_F; the trace formula's rounding is ~(d + k) eps of
     # its square, so an update below that is zero (an adapter minus itself, factors that
@@ -62,6 +63,17 @@ def inner_products(Bs: Sequence[torch.Tensor], As: Sequence[torch.Tensor], coefs
     floor = (d + k) * torch.finfo(torch.float64).eps * (coef.abs() * bound) ** 2
     zero = inner.diagonal() <= floor
     return inner.masked_fill(zero[:, None] | zero[None, :], 0.0)
+
+
+def _gram(tall: torch.Tensor) -> torch.Tensor:
+    """`tall^T tall` in float64, widening a chunk of rows at a time."""
+    rows, R = tall.shape
+    step = max(1, CHUNK_BYTES // (8 * R))
+    G = torch.zeros(R, R, dtype=torch.float64, device=tall.device)
+    for lo in range(0, rows, step):
+        chunk = tall[lo:lo + step].to(torch.float64)
+        G.addmm_(chunk.T, chunk)
+    return G
 
 
 def analyze(sources: list[SourceSpec], labels: Sequence[str] | None = None,
