@@ -71,7 +71,12 @@ def _gram(tall: torch.Tensor) -> torch.Tensor:
     step = max(1, CHUNK_BYTES // (8 * R))
     G = torch.zeros(R, R, dtype=torch.float64, device=tall.device)
     for lo in range(0, rows, step):
-        chunk = tall[lo:lo + step].to(torch.float64)
+        chunk = tall[lo:lo + step]
+        if chunk.dtype == torch.float16:
+            # Exact either way, but torch casts float16 -> float64 in scalar code, a sizeable
+            # share of the GEMM's time; float16 -> float32 is one vector instruction.
+            chunk = chunk.float()
+        chunk = chunk.to(torch.float64)
         G.addmm_(chunk.T, chunk)
     return G
 
