@@ -181,6 +181,11 @@ def test_non_finite_factors_are_refused(adapters, bad_adapters):
         analyze([SourceSpec(adapters["llama_a"], 1.0), SourceSpec(bad_adapters["nan"], 1.0)], device=DEVICE)
 
 
+def test_an_unknown_device_is_refused_before_reading_the_sources(adapters, tmp_path):
+    with pytest.raises(InvalidMerge, match="device must be"):
+        analyze([SourceSpec(tmp_path / "not-read", 1.0)], device="tpu")
+
+
 def test_labels_name_the_sources_and_must_match_them_in_number(adapters):
     result = _analyze(adapters, GPT2_MIX, labels=["alice/a@1.0", "bob/b@2.0"])
     assert [s["label"] for s in result["sources"]] == ["alice/a@1.0", "bob/b@2.0"]
