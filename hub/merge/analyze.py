@@ -7,6 +7,13 @@ Every figure is exact and comes from the factors alone, never from a d x k matri
 per module give every pair at once, in O((d + k) R^2). A source's update is `w_i s_i B_i A_i`:
 its norm scales by |w_i| and a negative weight flips the sign of its cosines, which are
 those of the updates the linear merge actually adds.
+
+`analyze` returns plain JSON: `sources` (label, weight, norm of the whole weighted update,
+modules adapted), `cosine` (n x n, of the whole updates: the per-module inner products
+summed), `modules` (per module, each source's norm and the n x n cosines; null where a
+source does not adapt the module) and `summary` (opposed pairs, a dominant source, zero
+updates, modules only one source adapts, the linear merge's norm, and the same in words).
+A zero update (weight 0, factors that cancel) has norm 0 and null cosines.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from typing import TypeVar
 import torch
 
 from hub.errors import InvalidMerge, NonFiniteWeights
+from hub.merge.engine import resolve_device
 from hub.merge.plan import ModulePlan, load_sources, plan_modules
 from hub.merge.sources import LoraSource
 from hub.merge.spec import DEVICES, SourceSpec, validate_sources
@@ -90,8 +98,6 @@ def analyze(sources: list[SourceSpec], labels: Sequence[str] | None = None,
         raise InvalidMerge(f"{len(names)} labels for {len(specs)} sources")
     if device not in DEVICES:
         raise InvalidMerge(f"device must be auto, cpu or cuda, got {device!r}")
-    from hub.merge.engine import resolve_device
-
     where = resolve_device(device)
     loaded = load_sources(specs)
     try:
