@@ -40,8 +40,8 @@ V = TypeVar("V")
 OPPOSED_COSINE = -0.1
 #: A source whose norm exceeds this multiple of the median of the others' dwarfs them.
 DOMINANT_RATIO = 10.0
-#: Bytes of float64 rows widened at a time for a Gram product: a chunk that stays in cache
-#: for its GEMM, where a whole widened stack (megabytes) would make it wait on memory.
+#: Bytes of float64 rows widened at a time for a Gram product on a CPU: a chunk that stays in
+#: cache for its GEMM, where a whole widened stack (megabytes) would make it wait on memory.
 CHUNK_BYTES = 1 << 20
 
 
@@ -76,7 +76,8 @@ def inner_products(Bs: Sequence[torch.Tensor], As: Sequence[torch.Tensor], coefs
 def _gram(tall: torch.Tensor) -> torch.Tensor:
     """`tall^T tall` in float64, widening a chunk of rows at a time."""
     rows, R = tall.shape
-    step = max(1, CHUNK_BYTES // (8 * R))
+    # On a GPU one product of the whole stack beats many launches; its memory is not the limit.
+    step = max(1, CHUNK_BYTES // (8 * R)) if tall.device.type == "cpu" else max(rows, 1)
     G = torch.zeros(R, R, dtype=torch.float64, device=tall.device)
     for lo in range(0, rows, step):
         chunk = tall[lo:lo + step]

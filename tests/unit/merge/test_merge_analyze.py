@@ -90,3 +90,12 @@ def test_overall_figures_sum_the_modules_inner_products():
     assert result["sources"][0]["norm"] == pytest.approx(float(total[0, 0]) ** 0.5)
     assert result["cosine"][0][1] == pytest.approx(float(total[0, 1] / (total[0, 0] * total[1, 1]) ** 0.5))
     assert result["summary"]["merged_norm"] == pytest.approx(float(total.sum()) ** 0.5)
+
+
+def test_inner_products_by_small_chunks_of_rows_equal_the_dense_reference(monkeypatch):
+    from hub.merge import analyze
+
+    monkeypatch.setattr(analyze, "CHUNK_BYTES", 8 * 7 * 3)  # 3 rows of the 7 stacked columns a chunk
+    Bs, As = _factors(3, 50, 41, [3, 4], torch.float16)
+    coefs = [1.5, -0.5]
+    torch.testing.assert_close(inner_products(Bs, As, coefs), _dense_inner(Bs, As, coefs), rtol=1e-12, atol=0)
