@@ -295,3 +295,22 @@ def test_a_source_the_engine_would_refuse_is_refused_by_the_plan_with_its_reason
                                       json=spec(("alice/biased", "1", 1))),
                           422, "incompatible_adapters")
     assert "alice/biased@1 cannot be merged" in body["detail"] and "bias" in body["detail"]
+
+
+def test_plan_analysis_shows_how_the_sources_pull_together(client, two_adapters):
+    token = two_adapters
+    body = spec(("alice/a", "1.0", 1.0), ("alice/a", "1.0", -1.0), ("alice/b", "2.0", 0.5))
+    assert_problem(client.post("/api/v1/merges/plan", json={**body, "analyze": True}),
+                   401, "unauthorized")
+    response = client.post("/api/v1/merges/plan", headers=auth(token),
+                           json={**body, "analyze": True})
+    assert response.status_code == 200, response.get_json()
+    analysis = response.get_json()["analysis"]
+    assert [s["label"] for s in analysis["sources"]] == ["alice/a@1.0", "alice/a@1.0",
+                                                         "alice/b@2.0"]
+    # An adapter against its own negation: exactly opposed, and said so.
+    assert analysis["cosine"][0][1] == pytest.approx(-1.0)
+    assert analysis["summary"]["opposed"]
+    # Norms are of the weighted updates: a and -a cancel, what is left is 0.5 b.
+    assert analysis["summary"]["merged_norm"] == pytest.approx(
+        analysis["sources"][2]["norm"], rel=1e-6)
