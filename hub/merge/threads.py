@@ -4,6 +4,8 @@ torch's intra-op thread count is per thread (OpenMP's nthreads ICV, MKL's local 
 but `torch.set_num_threads` also stores a process-wide default, which every thread takes
 on its first torch call. So a worker can run on one thread while every other thread, and
 every thread started later, keeps its own count, provided the default is put back at once.
+torch has no call that sets one thread's count alone: a thread whose first torch call
+falls in the moment a worker is set up (a thread start long) would still start on one.
 """
 from __future__ import annotations
 
