@@ -17,7 +17,7 @@ import torch
 
 from hub.merge.factored import LowRank, energy_fraction, split_factors
 from hub.merge.spec import DENSE_METHODS
-from hub.merge.threads import single_threaded_pool
+from hub.merge.threads import joined_pool
 
 #: Dense merges go by blocks of rows of about this many bytes (all sources together):
 #: cache-sized on a CPU; on a GPU, whole modules at LLaMA-7B sizes.
@@ -140,13 +140,16 @@ def random_prune(t: torch.Tensor, density: float, generator: torch.Generator) ->
     """DARE: drop each entry with probability 1 - density and rescale the rest by 1/density (in place)."""
     if density >= 1:
         return t
-    return t.mul_(_dare_mask(t, density, generator)).div_(density)  # in place, as magnitude_prune
+    mask = _dare_mask(torch.full_like(t, density), generator)
+    return t.mul_(mask).div_(density)  # in place, as magnitude_prune
 
 
-def _dare_mask(like: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
-    """PEFT's DARE mask for `like`, drawn from `generator`: one uniform draw per entry in order
-    on a CPU, so the masks of consecutive blocks of rows are those of the whole update."""
-    return torch.bernoulli(torch.full_like(like, density), generator=generator)
+def _dare_mask(probabilities: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """PEFT's DARE mask, a keep-draw per entry of `probabilities` (each the density) from
+    `generator`: one uniform draw per entry in order on a CPU, so the masks of consecutive
+    blocks of rows are those of the whole update. A serial kernel on a CPU: it starts no
+    intra-op threads, whichever thread draws."""
+    return torch.bernoulli(probabilities, generator=generator)
 
 
 def combine(method: str, delta: Callable[[int, int, int], torch.Tensor], shape: tuple[int, int],
@@ -164,7 +167,8 @@ def combine(method: str, delta: Callable[[int, int, int], torch.Tensor], shape: 
     are drawn block after block from one generator per source: on a CPU the same masks as
     one draw over the whole update (PEFT's `prune(..., "random")` under that seed), drawn
     for several sources at once, one per worker (a CPU generator draws serially; as many
-    workers as torch has threads). A CUDA generator's draws depend on the split: there a
+    workers as torch has threads; the draws start no threads of their own, so the workers
+    need no thread setting). A CUDA generator's draws depend on the split: there a
     module above the block budget gets other (still reproducible) masks than one draw.
 
     A block's row products may differ from the whole product's in the last bit (BLAS
@@ -190,12 +194,13 @@ def combine(method: str, delta: Callable[[int, int, int], torch.Tensor], shape: 
         generators = [torch.Generator(device=probe.device).manual_seed(source_seed(seed, module, i))
                       for i in range(n)]
     out = None
-    with single_threaded_pool(workers, "lorastack-dare") if workers > 1 else nullcontext() as pool:
+    with joined_pool(workers, "lorastack-dare") if workers > 1 else nullcontext() as pool:
         for lo, hi in spans:
             if dare:
-                like = probe.new_empty(hi - lo, cols)
+                # Filled here, on this thread's intra-op threads, once for all the draws.
+                probabilities = probe.new_full((hi - lo, cols), density)
                 draw = map if pool is None else pool.map
-                masks = list(draw(_dare_mask, [like] * n, [density] * n, generators))
+                masks = list(draw(_dare_mask, [probabilities] * n, generators))
                 pruned = [delta(i, lo, hi).mul_(masks[i]).div_(density) for i in range(n)]
             elif method.startswith("dare"):
                 pruned = [delta(i, lo, hi) for i in range(n)]

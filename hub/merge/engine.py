@@ -19,7 +19,7 @@ from hub.errors import IncompatibleAdapters, InvalidMerge, NonFiniteWeights
 from hub.merge import dense, factored, writer
 from hub.merge.plan import ModulePlan, check_delta_layout, layouts, load_sources, plan_modules
 from hub.merge.sources import LoraSource
-from hub.merge.spec import MergeSpec, ProgressFn, SourceSpec
+from hub.merge.spec import MergeSpec, ProgressFn, SourceSpec, validate_sources
 from hub.merge.threads import single_threaded_pool
 
 T = TypeVar("T")
@@ -50,16 +50,29 @@ def resolve_device(device: str) -> torch.device:
 BATCH_BYTES = {"cpu": 0, "cuda": 512 << 20}
 
 
+class _Loaded(list):
+    """The loaded sources in the caller's order, with the labels the report and the engine's
+    errors name them by (never their folders: a worker's are cache or temp paths)."""
+
+    def __init__(self, sources: list[LoraSource], labels: list[str]) -> None:
+        super().__init__(sources)
+        self.labels = labels
+
+
+def _labels(plan: ModulePlan, sources: _Loaded) -> str:
+    return ", ".join(sources.labels[i] for i, _ in plan.parts)
+
+
 def _linear_coefs(plan: ModulePlan, sources: list[LoraSource]) -> list[float]:
     return [sources[i].weight * ref.scale for i, ref in plan.parts]
 
 
-def _check_finite(plan: ModulePlan, sources: list[LoraSource], low: factored.LowRank) -> None:
+def _check_finite(plan: ModulePlan, sources: _Loaded, low: factored.LowRank) -> None:
     # NaN/inf in any factor makes the singular values NaN: one cheap check per module. (An
     # inf singular value is a float32 overflow of a finite one: the factors may still fit.)
     if bool(torch.isnan(low.singular_values).any()):
-        bad = ", ".join(str(sources[i].path) for i, _ in plan.parts)
-        raise NonFiniteWeights(f"module {plan.name}: non-finite values in the factors of {bad}")
+        raise NonFiniteWeights(f"module {plan.name}: non-finite values in the factors of "
+                               f"{_labels(plan, sources)}")
 
 
 def _peak(t: torch.Tensor) -> float:
@@ -71,21 +84,20 @@ def _peak(t: torch.Tensor) -> float:
     return float(t.abs().max())
 
 
-def _check_update(plan: ModulePlan, sources: list[LoraSource], t: torch.Tensor,
+def _check_update(plan: ModulePlan, sources: _Loaded, t: torch.Tensor,
                   peak: float | None = None) -> float:
     """The peak magnitude of a merged update or factor (`peak` when already known), refused
     when not finite: the sources are finite (checked on reading), so the products, the
     weights or DARE's 1/density rescale took them beyond float32."""
     peak = _peak(t) if peak is None else peak
     if not math.isfinite(peak):
-        bad = ", ".join(str(sources[i].path) for i, _ in plan.parts)
         raise NonFiniteWeights(f"module {plan.name}: the merged update is not finite: it overflows "
-                               f"float32 (the values of {bad} or their weights are too large, or "
-                               f"the density too small)")
+                               f"float32 (the values of {_labels(plan, sources)} or their weights "
+                               f"are too large, or the density too small)")
     return peak
 
 
-def _in_dtype(plan: ModulePlan, sources: list[LoraSource], tensor: torch.Tensor,
+def _in_dtype(plan: ModulePlan, sources: _Loaded, tensor: torch.Tensor,
               dtype: torch.dtype, peak: float | None = None) -> torch.Tensor:
     """`tensor` on the host in the output dtype; refused when a value does not fit it (a cast
     to float16 turns what exceeds 65504 into inf, which nobody should find in a merge)."""
@@ -114,7 +126,7 @@ def _linear_batches(plans: list[ModulePlan], device: torch.device) -> list[list[
     return batches
 
 
-def _merge_linear_batch(batch: list[ModulePlan], sources: list[LoraSource], spec: MergeSpec,
+def _merge_linear_batch(batch: list[ModulePlan], sources: _Loaded, spec: MergeSpec,
                         device: torch.device, host_dtype: torch.dtype | None = None
                         ) -> list[factored.LowRank]:
     """The factored linear merge of a batch; with `host_dtype`, factors moved to the host in it
@@ -140,7 +152,7 @@ def _merge_linear_batch(batch: list[ModulePlan], sources: list[LoraSource], spec
     return lows
 
 
-def _merge_module(plan: ModulePlan, sources: list[LoraSource], spec: MergeSpec,
+def _merge_module(plan: ModulePlan, sources: _Loaded, spec: MergeSpec,
                   device: torch.device) -> tuple[factored.LowRank | None, torch.Tensor | None]:
     """(low-rank factors, dense update) of one module; the one not needed is None."""
     method = spec.canonical_method
@@ -207,7 +219,7 @@ def _map_batches(batches: list[list[ModulePlan]], work: Callable[[list[ModulePla
             yield result
 
 
-def _iter_merge(sources: list[LoraSource], plans: list[ModulePlan], spec: MergeSpec,
+def _iter_merge(sources: _Loaded, plans: list[ModulePlan], spec: MergeSpec,
                 device: torch.device, progress: ProgressFn | None, share: float,
                 dtype: torch.dtype | None = None
                 ) -> Iterator[tuple[ModulePlan, factored.LowRank | None, torch.Tensor | None, dict]]:
@@ -251,11 +263,12 @@ def _out_dtype(spec: MergeSpec, sources: list[LoraSource]) -> torch.dtype:
     return _DTYPES.get(found.pop(), torch.float32) if len(found) == 1 else torch.float32
 
 
-def _report(spec: MergeSpec, sources: list[LoraSource], device: torch.device, dtype: torch.dtype,
+def _report(spec: MergeSpec, sources: _Loaded, device: torch.device, dtype: torch.dtype,
             modules: list[dict], started: float) -> dict:
+    # Sources by label and content (sha256): no path of the machine that merged.
     kept = [m["energy_kept"] for m in modules if m["energy_kept"] is not None]
     return {
-        "format": "lorastack-merge-report/1",
+        "format": "lorastack-merge-report/2",
         "method": spec.method,
         "canonical_method": spec.canonical_method,
         "params": {"rank": spec.rank, "density": spec.density,
@@ -263,9 +276,10 @@ def _report(spec: MergeSpec, sources: list[LoraSource], device: torch.device, dt
                    "output": spec.output, "dtype": str(dtype).replace("torch.", "")},
         "device": str(device),
         "elapsed_s": round(time.perf_counter() - started, 4),
-        "sources": [{"path": str(s.path), "weight": s.weight, "sha256": s.sha256,
+        "sources": [{"label": label, "weight": s.weight, "sha256": s.sha256,
                      "license": s.license, "base_model": s.base_model,
-                     "modules": len(s.modules), "ignored_tensors": s.ignored} for s in sources],
+                     "modules": len(s.modules), "ignored_tensors": s.ignored}
+                    for s, label in zip(sources, sources.labels)],
         "licenses": sorted({s.license for s in sources if s.license}),
         "energy_kept_min": min(kept) if kept else None,
         "modules": modules,
@@ -280,7 +294,8 @@ def _close(sources: list[LoraSource]) -> None:
 def _prepare(sources: list[SourceSpec], spec: MergeSpec):
     spec.validate()
     device = resolve_device(spec.device)
-    loaded = load_sources(sources)
+    sources = validate_sources(sources)
+    loaded = _Loaded(load_sources(sources), [s.label for s in sources])
     if spec.output == "delta":
         try:
             check_delta_layout(loaded)
@@ -290,7 +305,7 @@ def _prepare(sources: list[SourceSpec], spec: MergeSpec):
     return loaded, plan_modules(loaded), device, _out_dtype(spec, loaded)
 
 
-def _add_lora(tensors: dict, ranks: dict, plan: ModulePlan, sources: list[LoraSource],
+def _add_lora(tensors: dict, ranks: dict, plan: ModulePlan, sources: _Loaded,
               low: factored.LowRank, dtype, cast: bool) -> None:
     """Add a module's factors; `cast`: still to cast to `dtype` (and check), else done already."""
     key_a, key_b = writer.lora_keys(plan.name, plan.kind)

@@ -30,19 +30,27 @@ ProgressFn = Callable[[float], None]
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """One adapter folder and the weight its update gets (negative subtracts)."""
+    """One adapter folder, the weight its update gets (negative subtracts), and the label
+    the merge report names it by (by default the folder's own name)."""
 
     path: Path
     weight: float = 1.0
+    # The folder may be a cache or temp path of the process that merges, which the report
+    # (published with the merge) must not show: a service passes `owner/name@version`.
+    label: Optional[str] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
+        if self.label is None:
+            object.__setattr__(self, "label", self.path.name or self.path.resolve().name or str(self.path))
+        elif not isinstance(self.label, str) or not self.label.strip():
+            raise InvalidMerge(f"a source label must be a non-empty string, got {self.label!r}")
         try:
             weight = float(self.weight)
         except (TypeError, ValueError):
-            raise InvalidMerge(f"weight for {self.path} is not a number: {self.weight!r}") from None
+            raise InvalidMerge(f"weight for {self.label} is not a number: {self.weight!r}") from None
         if not math.isfinite(weight):
-            raise InvalidMerge(f"weight for {self.path} is not a finite number: {self.weight!r}")
+            raise InvalidMerge(f"weight for {self.label} is not a finite number: {self.weight!r}")
         object.__setattr__(self, "weight", weight)
 
 

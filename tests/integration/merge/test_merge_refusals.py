@@ -226,4 +226,4 @@ def test_singular_values_beyond_float32_do_not_refuse_factors_that_fit(adapters,
 def test_refuses_an_update_that_overflows_float32(adapters, tmp_path):
     huge = _scaled(tmp_path, adapters["llama_a"], 1e20)
     _refused(tmp_path, [str(huge), "--output", "delta", "--dtype", "float32"], "not finite",
-             "overflows float32", str(huge))
+             "overflows float32", huge.name)

@@ -171,9 +171,9 @@ def test_dare_draws_the_masks_of_all_sources_on_worker_threads(monkeypatch):
     threads = []
     real = dense._dare_mask
 
-    def spy(like, density, generator):
+    def spy(probabilities, generator):
         threads.append(threading.current_thread().name)
-        return real(like, density, generator)
+        return real(probabilities, generator)
 
     monkeypatch.setattr(dense, "_dare_mask", spy)
     dws = [torch.randn(8, 6, generator=torch.Generator().manual_seed(i)) for i in range(3)]
@@ -181,7 +181,7 @@ def test_dare_draws_the_masks_of_all_sources_on_worker_threads(monkeypatch):
     torch.set_num_threads(2)  # two workers even on a one-core machine
     try:
         ours = _ours("dare_ties", dws, [1.0, 1.0, 1.0], 0.5, block_rows=4)
-        assert torch.get_num_threads() == 2  # the workers' single thread did not stay
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads_before)
     assert len(threads) == 6 and all(name.startswith("lorastack-dare") for name in threads)

@@ -79,6 +79,23 @@ def test_source_weight_must_be_a_finite_number(weight):
         SourceSpec("a", weight)
 
 
+@pytest.mark.parametrize("path", ["/var/cache/lorastack/abc123", "runs/abc123/", "abc123"])
+def test_source_label_defaults_to_the_folder_name_not_its_path(path):
+    assert SourceSpec(path).label == "abc123"
+
+
+def test_source_label_given_by_the_caller_is_kept_and_an_empty_one_refused():
+    assert SourceSpec("/tmp/x", 0.5, "alice/style@2").label == "alice/style@2"
+    with pytest.raises(InvalidMerge, match="label"):
+        SourceSpec("/tmp/x", 1.0, " ")
+
+
+def test_source_weight_error_names_the_label_not_the_folder():
+    with pytest.raises(InvalidMerge) as refused:
+        SourceSpec("/var/cache/lorastack/abc123", "x", "alice/style@2")
+    assert "alice/style@2" in refused.value.detail and "/var/cache" not in refused.value.detail
+
+
 def test_streamed_safetensors_reads_back_in_every_output_dtype(tmp_path):
     tensors = {"b": torch.randn(3, 5), "a": torch.randn(7), "c": torch.randn(2, 2)}
     entries = [("b", torch.bfloat16, (3, 5)), ("a", torch.float16, (7,)), ("c", torch.float32, (2, 2))]
