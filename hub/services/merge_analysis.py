@@ -27,7 +27,7 @@ def analyze_plan(hub: Hub, plan: MergePlan) -> dict:
             files = [CachedFile(path, source.file(path).blob_key, source.file(path).sha256,
                                 source.file(path).size) for path in SOURCE_FILES]
             context = cache.folder(files, work / f"source-{index}")
-            specs.append(SourceSpec(context.__enter__(), source.weight))
+            specs.append(SourceSpec(context.__enter__(), source.weight, source.label))
             contexts.append(context)
         # The web process merges nothing: its analyses run on the CPU.
         return analyze(specs, [source.label for source in plan.sources], device="cpu")

@@ -124,8 +124,8 @@ class MergeRunner:
                                      dir=self.hub.settings.data_dir / "tmp"))
         try:
             with _source_folders(self.cache, job, work) as folders:
-                specs = [SourceSpec(folder, s["weight"]) for folder, s in
-                         zip(folders, job.sources)]
+                specs = [SourceSpec(folder, s["weight"], f"{s['adapter']}@{s['version']}")
+                         for folder, s in zip(folders, job.sources)]
                 engine_spec = MergeSpec(
                     method=spec["method"], rank=spec["rank"], density=spec["density"],
                     majority_sign_method=spec["majority_sign_method"], seed=spec["seed"],
@@ -283,9 +283,8 @@ def _describe_device(report: dict) -> str:
 
 
 def _name_sources(report: dict, job: _Job) -> None:
-    """Sources in the report by what they are (owner/name@version), not a worker's paths."""
+    """Sources in the report with their adapter, version and the hub's licence."""
     for entry, source in zip(report.get("sources", []), job.sources):
-        entry.pop("path", None)
         entry["adapter"] = source["adapter"]
         entry["version"] = source["version"]
         entry["license"] = source["license"]

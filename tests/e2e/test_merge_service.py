@@ -151,7 +151,8 @@ def test_merge_end_to_end_downloads_an_adapter_peft_loads(settings, client, two_
     assert done["device"] == "cpu" and done["progress"] == 1.0 and done["attempts"] == 1
     assert {f["path"] for f in done["files"]} == {
         "adapter_config.json", "adapter_model.safetensors", "README.md", "merge_report.json"}
-    assert all("path" not in source for source in done["report"]["sources"])
+    assert [s["label"] for s in done["report"]["sources"]] == ["alice/a@1.0", "alice/b@2.0"]
+    assert "/tmp" not in json.dumps(done["report"]) and "source-0" not in json.dumps(done)
     assert [s["adapter"] for s in done["report"]["sources"]] == ["alice/a", "alice/b"]
 
     status, archive, headers = fetch(client, f"/api/v1/merges/{queued['id']}/archive", token)
