@@ -131,7 +131,15 @@ class MergeRunner:
                     majority_sign_method=spec["majority_sign_method"], seed=spec["seed"],
                     output=spec["output"], dtype=spec["dtype"], device=_engine_device(self.device))
                 out = work / "out"
-                report = merge_to_folder(specs, engine_spec, out, progress=beat.progress)
+                try:
+                    report = merge_to_folder(specs, engine_spec, out, progress=beat.progress)
+                except HubError as error:
+                    # A source's folder is this worker's cache: the requester knows it by
+                    # its name.
+                    for folder, source in zip(folders, job.sources):
+                        error.detail = error.detail.replace(
+                            str(folder), f"{source['adapter']}@{source['version']}")
+                    raise
             _name_sources(report, job)
             (out / "merge_report.json").write_text(_dumps(report))
             (out / "README.md").write_text(merge_card(
