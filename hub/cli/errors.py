@@ -1,4 +1,4 @@
-"""How the CLI shows a HubError: one line, `Error: <detail> (<code>)`, exit status 1."""
+"""How the CLI shows a failure: one line, `Error: <detail> (<code>)`, exit status 1."""
 from __future__ import annotations
 
 import click
@@ -28,3 +28,13 @@ class HubGroup(click.Group):
             return super().invoke(ctx)
         except HubError as error:
             raise click.ClickException(describe(error)) from None
+
+
+class OneLineCommand(click.Command):
+    """Usage errors (bad option values, a missing -o) as one line, like every other refusal."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise click.ClickException(exc.format_message()) from None

@@ -1,7 +1,6 @@
 """`lorastack merge-local`: the offline merge command (torch loads only when it runs)."""
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
@@ -10,28 +9,23 @@ from typing import Callable
 import click
 
 from hub.cli import provenance
+from hub.cli.errors import OneLineCommand
 from hub.cli.progress import duration as _duration
+from hub.cli.refs import split_weight
 from hub.errors import HubError, InvalidMerge
 from hub.merge.spec import ALIASES, DEVICES, DTYPES, METHODS, OUTPUTS, SIGN_METHODS, MergeSpec, SourceSpec
 
 
 def parse_source(arg: str) -> SourceSpec:
     """DIR[:WEIGHT]: split on the last ':' only when the tail parses as a float; weights must be finite."""
-    path, weight = arg, 1.0
-    head, sep, tail = arg.rpartition(":")
-    if sep and head:
-        try:
-            weight = float(tail)
-        except ValueError:
-            # "C:\\x" or "dir:name": the colon belongs to the path, unless no such path
-            # exists while the part before the colon does: then the tail is a mistyped weight.
-            if not Path(arg).exists() and Path(head).is_dir():
-                raise InvalidMerge(f"weight for {head} is not a number: {tail!r}") from None
-            weight = 1.0
-        else:
-            path = head
-            if not math.isfinite(weight):
-                raise InvalidMerge(f"weight for {head} is not a finite number: {tail!r}")
+    path, weight = split_weight(arg)
+    if weight is None:
+        # "C:\\x" or "dir:name": the colon belongs to the path, unless no such path exists
+        # while the part before the colon does: then the tail is a mistyped weight.
+        head, sep, tail = arg.rpartition(":")
+        if sep and head and not Path(arg).exists() and Path(head).is_dir():
+            raise InvalidMerge(f"weight for {head} is not a number: {tail!r}")
+        path, weight = arg, 1.0
     if not path:
         raise InvalidMerge(f"no adapter folder in {arg!r}")
     return SourceSpec(Path(path), weight)
@@ -62,17 +56,7 @@ class _Progress:
         self.width = len(text)
 
 
-class _OneLineCommand(click.Command):
-    """Usage errors (bad option values, missing -o) as one line, like every other refusal."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as exc:
-            raise click.ClickException(exc.format_message()) from None
-
-
-@click.command("merge-local", cls=_OneLineCommand, short_help="Merge adapter folders offline.")
+@click.command("merge-local", cls=OneLineCommand, short_help="Merge adapter folders offline.")
 @click.argument("sources", nargs=-1, required=True, metavar="DIR[:WEIGHT]...")
 @click.option("--method", default="linear", show_default=True,
               help=f"One of {', '.join(METHODS)}; PEFT's {', '.join(ALIASES)} are aliases.")

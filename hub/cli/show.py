@@ -10,7 +10,7 @@ from hub.cli.progress import human_bytes
 from hub.cli.refs import split_pinned_ref, split_ref
 
 
-def _rows(pairs: list[tuple[str, object]]) -> list[str]:
+def detail_rows(pairs: list[tuple[str, object]]) -> list[str]:
     """`  key       value` lines, keys padded to one width; None shows as '-'."""
     width = max(len(key) for key, _ in pairs)
     return [f"  {key.ljust(width)}  {'-' if value is None else value}" for key, value in pairs]
@@ -26,7 +26,7 @@ def _license(view: dict) -> str:
 def format_adapter(adapter: dict) -> list[str]:
     """An AdapterSummary with its versions (newest first, yanked ones marked) as lines."""
     lines = [f"{adapter['id']} ({adapter['visibility']})"]
-    lines += _rows([("description", adapter.get("description") or None),
+    lines += detail_rows([("description", adapter.get("description") or None),
                     ("base model", adapter.get("base_model")),
                     ("licence", _license(adapter)),
                     ("tags", ", ".join(adapter.get("tags") or []) or None),
@@ -51,7 +51,7 @@ def format_version(version: dict) -> list[str]:
         head += f" (YANKED: {version.get('yank_reason') or 'no reason given'})"
     size = version.get("size_bytes")
     lines = [head]
-    lines += _rows([("created", version.get("created_at")),
+    lines += detail_rows([("created", version.get("created_at")),
                     ("licence", _license(version)),
                     ("base model", version.get("base_model")),
                     ("peft type", version.get("peft_type")),

@@ -16,17 +16,17 @@ from hub.cli.refs import split_ref
 from hub.formats.names import ALLOWED_FILES
 
 
-def check_target(directory: Path, force: bool) -> None:
+def check_target(directory: Path, force: bool, verb: str = "pull") -> None:
     """Refuse a file or a non-empty folder as the target, unless forced."""
     if force or not (directory.exists() or directory.is_symlink()):
         return
     if not directory.is_dir():
-        raise click.ClickException(f"{directory} is a file, not a folder: pull into a new or "
+        raise click.ClickException(f"{directory} is a file, not a folder: {verb} into a new or "
                                    f"empty folder, or pass --force to replace the file")
     entries = sorted(path.name for path in directory.iterdir())
     if entries:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-        raise click.ClickException(f"{directory} is not empty ({shown}): pull into a new or "
+        raise click.ClickException(f"{directory} is not empty ({shown}): {verb} into a new or "
                                    f"empty folder, or pass --force to overwrite the adapter's "
                                    f"files in it")
 
@@ -49,15 +49,16 @@ def download_version(client: HubClient, version: dict, staging: Path) -> None:
                 raise click.ClickException(f"{file['path']}: sha256 mismatch; download again")
 
 
-def move_into_place(staging: Path, directory: Path, names: list[str]) -> None:
-    """Move the staged files into `directory`; adapter files the version lacks go away."""
+def move_into_place(staging: Path, directory: Path, names: list[str],
+                    managed: frozenset[str] = ALLOWED_FILES) -> None:
+    """Move the staged files into `directory`; `managed` files it lacks go away."""
     if not directory.is_dir() and (directory.exists() or directory.is_symlink()):
         directory.unlink()  # a file (or a dangling link) in the way, and --force was given
     directory.mkdir(parents=True, exist_ok=True)
     for name in names:
         os.replace(staging / name, directory / name)
     # A README of an older version left beside the new files would describe the wrong one.
-    for stale in sorted(ALLOWED_FILES - set(names)):
+    for stale in sorted(managed - set(names)):
         (directory / stale).unlink(missing_ok=True)
 
 
