@@ -1,4 +1,4 @@
-"""Progress lines on stderr for long CLI work: only when stderr is a terminal.
+"""Progress lines on stderr for long CLI work (transfers, a remote merge): only on a terminal.
 
 Scripts and tests that capture the output get none of it, so their stdout and stderr stay
 the one-line results and refusals.
@@ -84,3 +84,50 @@ class ByteProgress:
         click.echo("\r" + text.ljust(self.width), err=True, nl=end)
         self.width = len(text)
         self.drawn_at = now
+
+
+class MergeProgress:
+    """A remote merge's state while the CLI waits: queued, then modules done and time left."""
+
+    def __init__(self, merge_id: str, enabled: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.merge_id = merge_id
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.clock = clock
+        #: (time, fraction) when the merge was first seen running: the rate's origin, so
+        #: time spent queued does not count as slow merging.
+        self.origin: tuple[float, float] | None = None
+        self.text = ""
+        self.width = 0
+
+    def line(self, merge: dict, now: float | None = None) -> str:
+        """The text for a Merge: queued, or modules done of total, percent and time left."""
+        now = self.clock() if now is None else now
+        head = f"merge {self.merge_id}"
+        if merge["status"] == "queued":
+            return f"{head} queued (position unknown)"
+        fraction = min(max(float(merge.get("progress") or 0.0), 0.0), 1.0)
+        if self.origin is None:
+            self.origin = (now, fraction)
+        total = merge.get("modules")
+        done = f"{round(fraction * total)}/{total} modules " if total else ""
+        text = f"{head} running: {done}{int(fraction * 100):3d}%"
+        started, first = self.origin
+        # A guess from under a couple of seconds of progress is noise.
+        if fraction > first and fraction < 1 and now - started >= 2:
+            left = (now - started) * (1 - fraction) / (fraction - first)
+            text += f", about {duration(left)} left"
+        return text
+
+    def update(self, merge: dict) -> None:
+        """Redraw the line for this poll's Merge, when it changed."""
+        text = self.line(merge)
+        if self.enabled and text != self.text:
+            click.echo("\r" + text.ljust(self.width), err=True, nl=False)
+            self.text, self.width = text, len(text)
+
+    def finish(self) -> None:
+        """End the line, when anything was drawn, so what follows starts on its own."""
+        if self.enabled and self.text:
+            click.echo("", err=True)
+            self.text = ""

@@ -1,7 +1,7 @@
-"""The CLI's transfer progress line: bytes, rate and time left on a terminal, nothing otherwise."""
+"""The CLI's progress lines (transfers, a remote merge's wait): on a terminal, nothing otherwise."""
 from __future__ import annotations
 
-from hub.cli.progress import ByteProgress, human_bytes
+from hub.cli.progress import ByteProgress, MergeProgress, human_bytes
 
 
 def test_human_bytes_picks_a_readable_unit():
@@ -31,4 +31,32 @@ def test_the_progress_line_has_bytes_done_percent_rate_and_time_left(capsys):
 def test_no_progress_is_drawn_when_stderr_is_not_a_terminal(capsys):
     with ByteProgress("pushing", 100) as bar:
         bar.update(100)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_the_wait_line_shows_queued_then_modules_done_and_time_left(capsys):
+    now = [100.0]
+    bar = MergeProgress("m1", enabled=True, clock=lambda: now[0])
+    bar.update({"status": "queued", "progress": 0.0, "modules": 64})
+    now[0] = 130.0  # half a minute queued: not counted against the merge's speed
+    bar.update({"status": "running", "progress": 0.0, "modules": 64})
+    now[0] = 131.0
+    bar.update({"status": "running", "progress": 0.125, "modules": 64})  # too early to guess
+    now[0] = 140.0
+    bar.update({"status": "running", "progress": 0.25, "modules": 64})
+    bar.update({"status": "running", "progress": 0.25, "modules": 64})  # unchanged: not redrawn
+    bar.finish()
+    drawn = capsys.readouterr().err.split("\r")[1:]
+    assert [line.rstrip() for line in drawn] == [
+        "merge m1 queued (position unknown)",
+        "merge m1 running: 0/64 modules   0%",
+        "merge m1 running: 8/64 modules  12%",
+        "merge m1 running: 16/64 modules  25%, about 30s left"]
+    assert drawn[-1].endswith("\n") and not drawn[-2].endswith("\n")
+
+
+def test_the_wait_line_is_silent_when_stderr_is_not_a_terminal(capsys):
+    bar = MergeProgress("m1")
+    bar.update({"status": "queued", "progress": 0.0, "modules": 6})
+    bar.finish()
     assert capsys.readouterr() == ("", "")
