@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from hub import __version__
-from hub.cli import client, merge_local, server
+from hub.cli import client, merge_local, merge_remote, merges, server
 from hub.cli.errors import HubGroup
 
 
@@ -15,5 +15,7 @@ def main() -> None:
 
 
 main.add_command(merge_local.merge_local)
+main.add_command(merge_remote.merge_command)
+main.add_command(merges.merges_group)
 server.register(main)
 client.register(main)
