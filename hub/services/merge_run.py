@@ -120,8 +120,11 @@ class MergeRunner:
         from hub.merge import MergeSpec, SourceSpec, merge_to_folder
 
         spec = job.spec
-        work = Path(tempfile.mkdtemp(prefix=f"merge-{job.merge_id}-",
-                                     dir=self.hub.settings.data_dir / "tmp"))
+        # A worker's data dir may be new and hold nothing else (its database and blobs
+        # elsewhere): only the web app creates tmp/ at start.
+        scratch = self.hub.settings.data_dir / "tmp"
+        scratch.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"merge-{job.merge_id}-", dir=scratch))
         try:
             with _source_folders(self.cache, job, work) as folders:
                 specs = [SourceSpec(folder, s["weight"]) for folder, s in

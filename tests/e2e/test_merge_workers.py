@@ -1,0 +1,210 @@
+"""Merges on real workers: `lorastack worker` processes fed by a private Redis, killed in
+the middle of a merge, a broker that is down at submit, cancellation, and the inline queue
+across a restart of `lorastack serve`.
+
+The web side is the app in this process (Flask's test client) on the same database and
+blob store as the workers. Deadlines below only keep a broken run from hanging; nothing
+asserts how long anything takes.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import need_service
+from tests.e2e.helpers import auth, fetch, publish
+from tests.support.processes import REDIS_SERVER, HubProcess, RedisServer, hub_env
+
+# Short enough that a dead worker's merge is handed out again within seconds, long
+# enough that a live worker on a busy machine is not taken for dead.
+TIMES = {"heartbeat_seconds": 0.5, "stale_seconds": 4.0, "sweep_seconds": 1.0}
+TIMES_ENV = {"LORASTACK_HEARTBEAT_SECONDS": "0.5", "LORASTACK_STALE_SECONDS": "4",
+             "LORASTACK_SWEEP_SECONDS": "1"}
+DEADLINE_S = 180
+# A merge that takes seconds on a CPU: every projection of a wider LLaMA at rank 64,
+# merged densely (ties, no target rank) one module at a time.
+SLOW_MODEL = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2)
+SLOW_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def fast_spec() -> dict:
+    return {"sources": [{"adapter": "alice/a", "version": "1", "weight": 0.7},
+                        {"adapter": "alice/b", "version": "1", "weight": 0.3}]}
+
+
+def slow_spec(seed: int = 0) -> dict:
+    return {"sources": [{"adapter": "alice/big-a", "version": "1", "weight": 0.5},
+                        {"adapter": "alice/big-b", "version": "1", "weight": 0.5}],
+            "method": "ties", "density": 0.2, "seed": seed}
+
+
+@pytest.fixture(scope="session")
+def slow_loras(tmp_path_factory) -> tuple[Path, Path]:
+    """Two adapters on every projection of a wider LLaMA: merging them takes seconds."""
+    from tests.support.adapters import BASE_MODEL, save_peft_lora
+    from tests.support.tiny_models import tiny_llama
+
+    root = tmp_path_factory.mktemp("slow-loras")
+    return tuple(save_peft_lora(root / f"s{seed}", tiny_llama(0, **SLOW_MODEL), seed=seed,
+                                base_name=BASE_MODEL, r=64, lora_alpha=64,
+                                target_modules=list(SLOW_MODULES))
+                 for seed in (1, 2))
+
+
+@pytest.fixture
+def broker(tmp_path) -> RedisServer:
+    """A private redis-server (never the machine's own): tests stop and start it."""
+    if not os.access(REDIS_SERVER, os.X_OK):
+        need_service("redis-server", FileNotFoundError(REDIS_SERVER))
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+class Stack:
+    """The web app in this process and the worker processes around it."""
+
+    def __init__(self, settings, tmp_path: Path) -> None:
+        from hub import create_app
+
+        self.settings = settings
+        self.tmp_path = tmp_path
+        self.app = create_app(settings)
+        self.app.testing = True
+        self.client = self.app.test_client()
+        self.hub = self.app.extensions["lorastack"]
+        self.workers: dict[str, HubProcess] = {}
+
+    def worker_data_dir(self, name: str) -> Path:
+        # On SQLite + local files a worker shares the web's data dir (the database and the
+        # blobs are there); on PostgreSQL + S3 it has its own, as on another machine.
+        if self.settings.storage_url.startswith("file://"):
+            return self.settings.data_dir
+        return self.tmp_path / f"worker-{name}"
+
+    def start_worker(self, name: str, **env: str) -> HubProcess:
+        """`lorastack worker --name NAME`, once Celery says it is ready."""
+        data_dir = self.worker_data_dir(name)
+        settings = self.settings.with_overrides(data_dir=data_dir)
+        log = self.tmp_path / f"worker-{name}-{len(self.workers)}.log"
+        process = HubProcess(["worker", "--name", name],
+                             hub_env(settings, **{**TIMES_ENV, **env}), log)
+        self.workers[name] = process
+        process.wait_for_log(" ready.")
+        return process
+
+    def merge(self, token: str, merge_id: str) -> dict:
+        response = self.client.get(f"/api/v1/merges/{merge_id}", headers=auth(token))
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return response.get_json()
+
+    def wait(self, token: str, merge_id: str, until, what: str) -> dict:
+        """Poll the merge until `until(body)`; fail with the workers' logs at the deadline."""
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            body = self.merge(token, merge_id)
+            if until(body):
+                return body
+            time.sleep(0.1)
+        logs = "\n".join(f"--- {name}\n{p.log()[-3000:]}" for name, p in self.workers.items())
+        raise AssertionError(f"merge {merge_id} never {what}: {body}\n{logs}")
+
+    def wait_ended(self, token: str, merge_id: str) -> dict:
+        return self.wait(token, merge_id, lambda b: b["status"] not in ("queued", "running"),
+                         "ended")
+
+    def wait_mid_merge(self, token: str, merge_id: str) -> dict:
+        """Wait until a worker has merged some modules (and reported it in a heartbeat)."""
+        body = self.wait(token, merge_id, lambda b: b["status"] != "queued"
+                         and (b["progress"] > 0 or b["status"] != "running"), "made progress")
+        assert body["status"] == "running", f"the merge ended before it could be interrupted: {body}"
+        return body
+
+    def file_rows(self, merge_id: str) -> int:
+        from sqlalchemy import func, select
+
+        from hub.models import MergeFile
+
+        with self.hub.db.session() as session:
+            return session.scalar(select(func.count()).select_from(MergeFile)
+                                  .where(MergeFile.merge_id == merge_id))
+
+    def close(self) -> None:
+        for process in self.workers.values():
+            process.kill()
+        self.hub.close()
+
+
+@pytest.fixture
+def celery_settings(settings, broker):
+    return settings.with_overrides(queue="celery", broker_url=broker.url, **TIMES)
+
+
+@pytest.fixture
+def stack(celery_settings, tmp_path) -> Stack:
+    stack = Stack(celery_settings, tmp_path)
+    yield stack
+    stack.close()
+
+
+@pytest.fixture
+def token(stack) -> str:
+    from hub.services.accounts import create_token, create_user
+
+    with stack.hub.db.session() as session:
+        create_user(session, "alice")
+        return create_token(session, "alice", scope="write")
+
+
+@pytest.fixture
+def fast_adapters(stack, token, lora_dir, other_lora_dir) -> str:
+    for name, folder in (("alice/a", lora_dir), ("alice/b", other_lora_dir)):
+        assert publish(stack.client, token, name, "1", folder).status_code == 201
+    return token
+
+
+@pytest.fixture
+def slow_adapters(stack, token, slow_loras) -> str:
+    for name, folder in zip(("alice/big-a", "alice/big-b"), slow_loras):
+        assert publish(stack.client, token, name, "1", folder).status_code == 201
+    return token
+
+
+def submit(stack: Stack, token: str, body: dict) -> str:
+    response = stack.client.post("/api/v1/merges", headers=auth(token), json=body)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    return response.get_json()["id"]
+
+
+def assert_downloads_an_adapter(stack: Stack, token: str, done: dict, folder: Path) -> None:
+    """The archive is the merge's, unzips to its files, and its safetensors load."""
+    from safetensors.torch import load_file
+
+    status, archive, _ = fetch(stack.client, f"/api/v1/merges/{done['id']}/archive", token)
+    assert status == 200
+    assert hashlib.sha256(archive).hexdigest() == done["archive"]["sha256"]
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        zf.extractall(folder)
+    for file in done["files"]:
+        assert hashlib.sha256((folder / file["path"]).read_bytes()).hexdigest() == file["sha256"]
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    assert tensors and all(key.endswith((".lora_A.weight", ".lora_B.weight")) for key in tensors)
+
+
+def test_a_worker_process_runs_a_merge_sent_through_redis(stack, fast_adapters, tmp_path):
+    token = fast_adapters
+    stack.start_worker("w1")
+    merge_id = submit(stack, token, fast_spec())
+    done = stack.wait_ended(token, merge_id)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 1 and done["device"] == "cpu" and done["error"] is None
+    assert stack.file_rows(merge_id) == len(done["files"]) == 4
+    assert_downloads_an_adapter(stack, token, done, tmp_path / "merged")
