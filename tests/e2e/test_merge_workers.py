@@ -16,17 +16,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import requests
 
 from tests.conftest import need_service
 from tests.e2e.helpers import auth, fetch, publish
 from tests.support.processes import REDIS_SERVER, HubProcess, RedisServer, hub_env
 
+pytestmark = pytest.mark.slow
+
 # Short enough that a dead worker's merge is handed out again within seconds, long
 # enough that a live worker on a busy machine is not taken for dead.
 TIMES = {"heartbeat_seconds": 0.5, "stale_seconds": 4.0, "sweep_seconds": 1.0}
-TIMES_ENV = {"LORASTACK_HEARTBEAT_SECONDS": "0.5", "LORASTACK_STALE_SECONDS": "4",
-             "LORASTACK_SWEEP_SECONDS": "1"}
+TIMES_ENV = {f"LORASTACK_{name.upper()}": str(value) for name, value in TIMES.items()}
 DEADLINE_S = 180
 # A merge that takes seconds on a CPU: every projection of a wider LLaMA at rank 64,
 # merged densely (ties, no target rank) one module at a time.
@@ -34,15 +34,51 @@ SLOW_MODEL = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2)
 SLOW_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def ended(body: dict) -> bool:
+    return body["status"] not in ("queued", "running")
+
+
+def progressed(body: dict) -> bool:
+    return ended(body) or (body["status"] == "running" and body["progress"] > 0)
+
+
+def assert_mid_merge(body: dict) -> dict:
+    assert body["status"] == "running", f"the merge ended before it could be interrupted: {body}"
+    return body
+
+
+def wait_for(read, until, what: str, logs=lambda: "") -> dict:
+    """Call `read()` until `until` holds for its answer; fail at the deadline with `logs()`."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        body = read()
+        if until(body):
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never {what}: {body}\n{logs()}")
+        time.sleep(0.1)
+
+
+def file_rows(hub, merge_id: str) -> int:
+    """How many result file rows the merge has in the database."""
+    from sqlalchemy import func, select
+
+    from hub.models import MergeFile
+
+    with hub.db.session() as session:
+        return session.scalar(select(func.count()).select_from(MergeFile)
+                              .where(MergeFile.merge_id == merge_id))
+
+
 def fast_spec() -> dict:
     return {"sources": [{"adapter": "alice/a", "version": "1", "weight": 0.7},
                         {"adapter": "alice/b", "version": "1", "weight": 0.3}]}
 
 
-def slow_spec(seed: int = 0) -> dict:
-    return {"sources": [{"adapter": "alice/big-a", "version": "1", "weight": 0.5},
+def slow_spec(weight: float = 0.5) -> dict:
+    return {"sources": [{"adapter": "alice/big-a", "version": "1", "weight": weight},
                         {"adapter": "alice/big-b", "version": "1", "weight": 0.5}],
-            "method": "ties", "density": 0.2, "seed": seed}
+            "method": "ties", "density": 0.2}
 
 
 @pytest.fixture(scope="session")
@@ -92,14 +128,20 @@ class Stack:
 
     def start_worker(self, name: str, **env: str) -> HubProcess:
         """`lorastack worker --name NAME`, once Celery says it is ready."""
-        data_dir = self.worker_data_dir(name)
-        settings = self.settings.with_overrides(data_dir=data_dir)
-        log = self.tmp_path / f"worker-{name}-{len(self.workers)}.log"
-        process = HubProcess(["worker", "--name", name],
-                             hub_env(settings, **{**TIMES_ENV, **env}), log)
-        self.workers[name] = process
-        process.wait_for_log(" ready.")
-        return process
+        return self.start_workers(name, **env)[0]
+
+    def start_workers(self, *names: str, **env: str) -> list[HubProcess]:
+        """Start the workers side by side, then wait until each is ready."""
+        started = []
+        for name in names:
+            settings = self.settings.with_overrides(data_dir=self.worker_data_dir(name))
+            log = self.tmp_path / f"worker-{name}-{len(self.workers)}.log"
+            self.workers[name] = HubProcess(["worker", "--name", name],
+                                            hub_env(settings, **{**TIMES_ENV, **env}), log)
+            started.append(self.workers[name])
+        for process in started:
+            process.wait_for_log(" ready.")
+        return started
 
     def merge(self, token: str, merge_id: str) -> dict:
         response = self.client.get(f"/api/v1/merges/{merge_id}", headers=auth(token))
@@ -108,34 +150,26 @@ class Stack:
 
     def wait(self, token: str, merge_id: str, until, what: str) -> dict:
         """Poll the merge until `until(body)`; fail with the workers' logs at the deadline."""
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
-            body = self.merge(token, merge_id)
-            if until(body):
-                return body
-            time.sleep(0.1)
-        logs = "\n".join(f"--- {name}\n{p.log()[-3000:]}" for name, p in self.workers.items())
-        raise AssertionError(f"merge {merge_id} never {what}: {body}\n{logs}")
+        return wait_for(lambda: self.merge(token, merge_id), until, f"merge {merge_id} {what}",
+                        lambda: "\n".join(f"--- {name}\n{p.log()[-3000:]}"
+                                          for name, p in self.workers.items()))
 
     def wait_ended(self, token: str, merge_id: str) -> dict:
-        return self.wait(token, merge_id, lambda b: b["status"] not in ("queued", "running"),
-                         "ended")
+        return self.wait(token, merge_id, ended, "ended")
 
     def wait_mid_merge(self, token: str, merge_id: str) -> dict:
-        """Wait until a worker has merged some modules (and reported it in a heartbeat)."""
-        body = self.wait(token, merge_id, lambda b: b["status"] != "queued"
-                         and (b["progress"] > 0 or b["status"] != "running"), "made progress")
-        assert body["status"] == "running", f"the merge ended before it could be interrupted: {body}"
-        return body
+        """Wait until a worker has merged some modules (and said so in a heartbeat)."""
+        return assert_mid_merge(self.wait(token, merge_id, progressed, "made progress"))
 
-    def file_rows(self, merge_id: str) -> int:
-        from sqlalchemy import func, select
-
-        from hub.models import MergeFile
+    def holder(self, merge_id: str) -> str | None:
+        """The worker that holds (or last held) the merge's claim."""
+        from hub.models import Merge
 
         with self.hub.db.session() as session:
-            return session.scalar(select(func.count()).select_from(MergeFile)
-                                  .where(MergeFile.merge_id == merge_id))
+            return session.get(Merge, merge_id).worker
+
+    def file_rows(self, merge_id: str) -> int:
+        return file_rows(self.hub, merge_id)
 
     def close(self) -> None:
         for process in self.workers.values():
@@ -208,3 +242,39 @@ def test_a_worker_process_runs_a_merge_sent_through_redis(stack, fast_adapters, 
     assert done["attempts"] == 1 and done["device"] == "cpu" and done["error"] is None
     assert stack.file_rows(merge_id) == len(done["files"]) == 4
     assert_downloads_an_adapter(stack, token, done, tmp_path / "merged")
+    # The same id sent again (a redelivery): the worker finds it done and leaves it.
+    stack.hub.queue.submit(merge_id)
+    stack.workers["w1"].wait_for_log(f"merge {merge_id}: not ours")
+    again = stack.merge(token, merge_id)
+    assert again["attempts"] == 1 and again["files"] == done["files"]
+    assert stack.file_rows(merge_id) == 4
+
+
+def test_a_merge_whose_worker_is_killed_finishes_once_on_another_worker(stack, slow_adapters,
+                                                                         tmp_path):
+    token = slow_adapters
+    stack.start_workers("w1", "w2")
+    merge_id = submit(stack, token, slow_spec())
+    stack.wait_mid_merge(token, merge_id)
+    first = stack.holder(merge_id)
+    stack.workers[first].kill()
+    done = stack.wait_ended(token, merge_id)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2 and done["error"] is None
+    assert stack.holder(merge_id) == ({"w1", "w2"} - {first}).pop()
+    assert stack.file_rows(merge_id) == len(done["files"]) == 4
+    assert_downloads_an_adapter(stack, token, done, tmp_path / "merged")
+
+
+def test_a_merge_whose_last_attempt_is_killed_fails_with_worker_lost(stack, slow_adapters):
+    token = slow_adapters
+    stack.start_worker("w1", LORASTACK_MERGE_ATTEMPTS="1")
+    merge_id = submit(stack, token, slow_spec())
+    stack.wait_mid_merge(token, merge_id)
+    stack.workers["w1"].kill()
+    # The worker comes back (as a supervisor would start it): its sweep finds the merge.
+    stack.start_worker("w1", LORASTACK_MERGE_ATTEMPTS="1")
+    done = stack.wait_ended(token, merge_id)
+    assert done["status"] == "failed" and done["error"]["code"] == "worker_lost", done
+    assert done["attempts"] == 1 and done["files"] == []
+    assert stack.file_rows(merge_id) == 0

@@ -70,7 +70,7 @@ def hub_env(settings, **extra: str) -> dict[str, str]:
     """The environment of a hub process on `settings`: the same database and store, the
     tested source tree first on the path, no LORASTACK_* of the caller's own."""
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith("LORASTACK_") and key not in ("PORT", "CI")}
+           if not key.startswith("LORASTACK_") and key != "PORT"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT),
                                                       os.environ.get("PYTHONPATH")]))
     env.update({"LORASTACK_DATA_DIR": str(settings.data_dir),
