@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -278,3 +279,28 @@ def test_a_merge_whose_last_attempt_is_killed_fails_with_worker_lost(stack, slow
     assert done["status"] == "failed" and done["error"]["code"] == "worker_lost", done
     assert done["attempts"] == 1 and done["files"] == []
     assert stack.file_rows(merge_id) == 0
+
+
+def test_a_merge_requested_while_redis_is_down_is_sent_once_it_is_back(stack, broker,
+                                                                       fast_adapters):
+    from hub.models import Merge
+
+    token = fast_adapters
+    broker.stop()
+    answer: dict = {}
+    post = threading.Thread(target=lambda: answer.update(response=stack.client.post(
+        "/api/v1/merges", headers=auth(token), json=fast_spec())), daemon=True)
+    post.start()
+    post.join(10)
+    assert not post.is_alive(), "POST /merges hung while the broker was down"
+    response = answer["response"]
+    assert response.status_code == 202, response.get_data(as_text=True)
+    merge_id = response.get_json()["id"]
+    with stack.hub.db.session() as session:
+        row = session.get(Merge, merge_id)
+        assert row.status == "queued" and row.enqueued_at is None
+    broker.start()
+    stack.start_worker("w1")
+    done = stack.wait_ended(token, merge_id)
+    assert done["status"] == "succeeded" and done["attempts"] == 1, done
+    assert stack.file_rows(merge_id) == 4
