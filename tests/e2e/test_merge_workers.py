@@ -304,3 +304,26 @@ def test_a_merge_requested_while_redis_is_down_is_sent_once_it_is_back(stack, br
     done = stack.wait_ended(token, merge_id)
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
     assert stack.file_rows(merge_id) == 4
+
+
+def test_cancel_ends_a_queued_merge_at_once_and_a_running_one_between_modules(stack,
+                                                                               slow_adapters):
+    token = slow_adapters
+    running_id = submit(stack, token, slow_spec(0.5))
+    queued_id = submit(stack, token, slow_spec(0.25))
+    # No worker yet: the queued merge is cancelled by the request itself.
+    cancelled = stack.client.delete(f"/api/v1/merges/{queued_id}", headers=auth(token))
+    body = cancelled.get_json()
+    assert body["status"] == "cancelled" and body["error"]["code"] == "merge_cancelled"
+
+    worker = stack.start_worker("w1")
+    stack.wait_mid_merge(token, running_id)
+    asked = stack.client.delete(f"/api/v1/merges/{running_id}", headers=auth(token)).get_json()
+    assert asked["cancel_requested"] is True
+    done = stack.wait_ended(token, running_id)
+    assert done["status"] == "cancelled" and done["error"]["code"] == "merge_cancelled", done
+    assert done["files"] == [] and stack.file_rows(running_id) == 0
+    assert list((stack.worker_data_dir("w1") / "tmp").iterdir()) == []
+    # The cancelled merge's message reaches the worker after the other: it is not run.
+    worker.wait_for_log(f"merge {queued_id}: not ours")
+    assert stack.merge(token, queued_id)["attempts"] == 0
