@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.conftest import need_service
 from tests.e2e.helpers import auth, fetch, publish
@@ -327,3 +328,85 @@ def test_cancel_ends_a_queued_merge_at_once_and_a_running_one_between_modules(st
     # The cancelled merge's message reaches the worker after the other: it is not run.
     worker.wait_for_log(f"merge {queued_id}: not ours")
     assert stack.merge(token, queued_id)["attempts"] == 0
+
+
+def test_a_redelivered_merge_id_never_runs_a_claimed_merge_twice(app, client, make_user,
+                                                                  lora_dir, other_lora_dir):
+    from hub.services.merge_run import MergeRunner
+
+    hub = app.extensions["lorastack"]
+    hub.queue.close()  # the runners below are the only workers
+    token = make_user("alice")
+    for name, folder in (("alice/a", lora_dir), ("alice/b", other_lora_dir)):
+        assert publish(client, token, name, "1", folder).status_code == 201
+    merge_id = client.post("/api/v1/merges", headers=auth(token),
+                           json=fast_spec()).get_json()["id"]
+    # Two deliveries of the same id at once, on two workers, then a late third one.
+    runners = [MergeRunner(hub, f"w{n}") for n in (1, 2)]
+    results: list = []
+    threads = [threading.Thread(target=lambda r=r: results.append(r.run(merge_id)))
+               for r in runners]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE_S)
+    assert sorted(results, key=str) == [None, "succeeded"]
+    assert runners[0].run(merge_id) is None
+    done = client.get(f"/api/v1/merges/{merge_id}", headers=auth(token)).get_json()
+    assert done["status"] == "succeeded" and done["attempts"] == 1
+    assert file_rows(hub, merge_id) == 4
+
+
+def test_an_inline_merge_cut_off_by_a_server_kill_runs_again_after_a_restart(settings,
+                                                                             slow_loras,
+                                                                             tmp_path):
+    from hub import create_app
+    from hub.services.accounts import create_token, create_user
+    from tests.support.moto_server import free_port
+
+    inline = settings.with_overrides(queue="inline", **TIMES)
+    # The adapters are published by an app in this process, closed before the server runs.
+    app = create_app(inline)
+    hub = app.extensions["lorastack"]
+    with hub.db.session() as session:
+        create_user(session, "alice")
+        token = create_token(session, "alice", scope="write")
+    for name, folder in zip(("alice/big-a", "alice/big-b"), slow_loras):
+        assert publish(app.test_client(), token, name, "1", folder).status_code == 201
+    hub.close()
+
+    base = f"http://127.0.0.1:{free_port()}"
+    env = hub_env(inline, PORT=base.rsplit(":", 1)[1], **TIMES_ENV)
+
+    def serve(n: int) -> HubProcess:
+        server = HubProcess(["serve"], env, tmp_path / f"serve-{n}.log")
+        server.wait_for_log("Booting worker")
+        wait_for(lambda: _health(base), bool, "served")
+        return server
+
+    def read() -> dict:
+        got = requests.get(f"{base}/api/v1/merges/{merge_id}", headers=auth(token), timeout=10)
+        assert got.status_code == 200, got.text
+        return got.json()
+
+    server = serve(1)
+    try:
+        response = requests.post(f"{base}/api/v1/merges", headers=auth(token),
+                                 json=slow_spec(), timeout=30)
+        assert response.status_code == 202, response.text
+        merge_id = response.json()["id"]
+        assert_mid_merge(wait_for(read, progressed, "made progress", server.log))
+        server.kill()
+        server = serve(2)
+        done = wait_for(read, ended, "ended", server.log)
+    finally:
+        server.kill()
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
+    assert len(done["files"]) == file_rows(hub, merge_id) == 4
+
+
+def _health(base: str) -> bool:
+    try:
+        return requests.get(f"{base}/api/v1/health", timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
