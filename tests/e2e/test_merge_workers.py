@@ -263,8 +263,12 @@ def test_a_merge_whose_worker_is_killed_finishes_once_on_another_worker(stack, s
     done = stack.wait_ended(token, merge_id)
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 2 and done["error"] is None
-    assert stack.holder(merge_id) == ({"w1", "w2"} - {first}).pop()
+    second = ({"w1", "w2"} - {first}).pop()
+    assert stack.holder(merge_id) == second
     assert stack.file_rows(merge_id) == len(done["files"]) == 4
+    # Nothing of either attempt is left where the second ran (on SQLite + local files
+    # the killed worker's folder is there too: the workers share one data dir).
+    assert list((stack.worker_data_dir(second) / "tmp").iterdir()) == []
     assert_downloads_an_adapter(stack, token, done, tmp_path / "merged")
 
 
@@ -403,6 +407,7 @@ def test_an_inline_merge_cut_off_by_a_server_kill_runs_again_after_a_restart(set
         server.kill()
     assert done["status"] == "succeeded" and done["attempts"] == 2, done
     assert len(done["files"]) == file_rows(hub, merge_id) == 4
+    assert list((settings.data_dir / "tmp").iterdir()) == []
 
 
 def _health(base: str) -> bool:
