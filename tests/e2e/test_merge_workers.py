@@ -320,6 +320,8 @@ def test_a_merge_requested_while_redis_is_down_is_sent_once_it_is_back(stack, br
     done = stack.wait_ended(token, merge_id)
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
     assert stack.file_rows(merge_id) == 4
+    with stack.hub.db.session() as session:
+        assert session.get(Merge, merge_id).enqueued_at is not None
 
 
 def test_cancel_ends_a_queued_merge_at_once_and_a_running_one_between_modules(stack,
@@ -393,29 +395,31 @@ def test_an_inline_merge_cut_off_by_a_server_kill_runs_again_after_a_restart(set
     base = f"http://127.0.0.1:{free_port()}"
     env = hub_env(inline, PORT=base.rsplit(":", 1)[1], **PROCESS_ENV)
 
-    def serve(n: int) -> HubProcess:
-        server = HubProcess(["serve"], env, tmp_path / f"serve-{n}.log")
-        server.wait_for_log("Booting worker")
-        wait_for(lambda: _health(base), bool, "served")
-        return server
+    servers: list[HubProcess] = []
+
+    def serve() -> HubProcess:
+        servers.append(HubProcess(["serve"], env, tmp_path / f"serve-{len(servers)}.log"))
+        servers[-1].wait_for_log("Booting worker")
+        wait_for(lambda: _health(base), bool, "served", servers[-1].log)
+        return servers[-1]
 
     def read() -> dict:
         got = requests.get(f"{base}/api/v1/merges/{merge_id}", headers=auth(token), timeout=10)
         assert got.status_code == 200, got.text
         return got.json()
 
-    server = serve(1)
     try:
+        first = serve()
         response = requests.post(f"{base}/api/v1/merges", headers=auth(token),
                                  json=slow_spec(), timeout=30)
         assert response.status_code == 202, response.text
         merge_id = response.json()["id"]
-        assert_mid_merge(wait_for(read, progressed, "made progress", server.log))
-        server.kill()
-        server = serve(2)
-        done = wait_for(read, ended, "ended", server.log)
+        assert_mid_merge(wait_for(read, progressed, "made progress", first.log))
+        first.kill()
+        done = wait_for(read, ended, "ended", serve().log)
     finally:
-        server.kill()
+        for server in servers:
+            server.kill()
     assert done["status"] == "succeeded" and done["attempts"] == 2, done
     assert len(done["files"]) == file_rows(hub, merge_id) == 4
     assert list((settings.data_dir / "tmp").iterdir()) == []
