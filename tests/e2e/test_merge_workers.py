@@ -12,7 +12,6 @@ import hashlib
 import io
 import os
 import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -21,59 +20,17 @@ import requests
 
 from tests.conftest import need_service
 from tests.e2e.helpers import auth, fetch, publish
+from tests.e2e.merge_stack import (DEADLINE_S, PROCESS_ENV, TIMES, Stack, assert_mid_merge,
+                                   ended, file_rows, progressed, wait_for)
 from tests.support.processes import REDIS_SERVER, HubProcess, RedisServer, hub_env
 from tests.support.tiny_models import tiny_llama
 
 pytestmark = pytest.mark.slow
 
-# Short enough that a dead worker's merge is handed out again within seconds, long
-# enough that a live worker on a busy machine is not taken for dead.
-TIMES = {"heartbeat_seconds": 0.5, "stale_seconds": 4.0, "sweep_seconds": 1.0}
-# One torch thread a process: the machine is shared, and a merge keeps a steady pace
-# when it is busy (threads that spin for cores others hold make it many times slower).
-PROCESS_ENV = {**{f"LORASTACK_{name.upper()}": str(value) for name, value in TIMES.items()},
-               "OMP_NUM_THREADS": "1"}
-DEADLINE_S = 180
 # A merge that takes seconds on a CPU: every projection of a wider LLaMA at rank 64,
 # merged densely (ties, no target rank) one module at a time.
 SLOW_MODEL = dict(hidden_size=768, intermediate_size=1536, num_hidden_layers=2)
 SLOW_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def ended(body: dict) -> bool:
-    return body["status"] not in ("queued", "running")
-
-
-def progressed(body: dict) -> bool:
-    return ended(body) or (body["status"] == "running" and body["progress"] > 0)
-
-
-def assert_mid_merge(body: dict) -> dict:
-    assert body["status"] == "running", f"the merge ended before it could be interrupted: {body}"
-    return body
-
-
-def wait_for(read, until, what: str, logs=lambda: "") -> dict:
-    """Call `read()` until `until` holds for its answer; fail at the deadline with `logs()`."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        body = read()
-        if until(body):
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never {what}: {body}\n{logs()}")
-        time.sleep(0.1)
-
-
-def file_rows(hub, merge_id: str) -> int:
-    """How many result file rows the merge has in the database."""
-    from sqlalchemy import func, select
-
-    from hub.models import MergeFile
-
-    with hub.db.session() as session:
-        return session.scalar(select(func.count()).select_from(MergeFile)
-                              .where(MergeFile.merge_id == merge_id))
 
 
 def fast_spec() -> dict:
@@ -108,78 +65,6 @@ def broker(tmp_path) -> RedisServer:
     server.start()
     yield server
     server.stop()
-
-
-class Stack:
-    """The web app in this process and the worker processes around it."""
-
-    def __init__(self, settings, tmp_path: Path) -> None:
-        from hub import create_app
-
-        self.settings = settings
-        self.tmp_path = tmp_path
-        self.app = create_app(settings)
-        self.app.testing = True
-        self.client = self.app.test_client()
-        self.hub = self.app.extensions["lorastack"]
-        self.workers: dict[str, HubProcess] = {}
-
-    def worker_data_dir(self, name: str) -> Path:
-        # On SQLite + local files a worker shares the web's data dir (the database and the
-        # blobs are there); on PostgreSQL + S3 it has its own, as on another machine.
-        if self.settings.storage_url.startswith("file://"):
-            return self.settings.data_dir
-        return self.tmp_path / f"worker-{name}"
-
-    def start_worker(self, name: str, **env: str) -> HubProcess:
-        """`lorastack worker --name NAME`, once Celery says it is ready."""
-        return self.start_workers(name, **env)[0]
-
-    def start_workers(self, *names: str, **env: str) -> list[HubProcess]:
-        """Start the workers side by side, then wait until each is ready."""
-        started = []
-        for name in names:
-            settings = self.settings.with_overrides(data_dir=self.worker_data_dir(name))
-            log = self.tmp_path / f"worker-{name}-{len(self.workers)}.log"
-            self.workers[name] = HubProcess(["worker", "--name", name],
-                                            hub_env(settings, **{**PROCESS_ENV, **env}), log)
-            started.append(self.workers[name])
-        for process in started:
-            process.wait_for_log(" ready.")
-        return started
-
-    def merge(self, token: str, merge_id: str) -> dict:
-        response = self.client.get(f"/api/v1/merges/{merge_id}", headers=auth(token))
-        assert response.status_code == 200, response.get_data(as_text=True)
-        return response.get_json()
-
-    def wait(self, token: str, merge_id: str, until, what: str) -> dict:
-        """Poll the merge until `until(body)`; fail with the workers' logs at the deadline."""
-        return wait_for(lambda: self.merge(token, merge_id), until, f"merge {merge_id} {what}",
-                        lambda: "\n".join(f"--- {name}\n{p.log()[-3000:]}"
-                                          for name, p in self.workers.items()))
-
-    def wait_ended(self, token: str, merge_id: str) -> dict:
-        return self.wait(token, merge_id, ended, "ended")
-
-    def wait_mid_merge(self, token: str, merge_id: str) -> dict:
-        """Wait until a worker has merged some modules (and said so in a heartbeat)."""
-        return assert_mid_merge(self.wait(token, merge_id, progressed, "made progress"))
-
-    def holder(self, merge_id: str) -> str | None:
-        """The worker that holds (or last held) the merge's claim."""
-        from hub.models import Merge
-
-        with self.hub.db.session() as session:
-            return session.get(Merge, merge_id).worker
-
-    def file_rows(self, merge_id: str) -> int:
-        return file_rows(self.hub, merge_id)
-
-    def close(self) -> None:
-        for process in self.workers.values():
-            process.kill()
-        self.hub.close()
 
 
 @pytest.fixture
