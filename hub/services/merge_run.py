@@ -120,8 +120,7 @@ class MergeRunner:
         from hub.merge import MergeSpec, SourceSpec, merge_to_folder
 
         spec = job.spec
-        work = Path(tempfile.mkdtemp(prefix=f"merge-{job.merge_id}-",
-                                     dir=self.hub.settings.data_dir / "tmp"))
+        work = self._work_folder(job.merge_id)
         try:
             with _source_folders(self.cache, job, work) as folders:
                 specs = [SourceSpec(folder, s["weight"], f"{s['adapter']}@{s['version']}")
@@ -153,6 +152,18 @@ class MergeRunner:
             return [*stored, (ARCHIVE_NAME, archived)], report, _describe_device(report)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _work_folder(self, merge_id: str) -> Path:
+        """A new folder for this attempt under DATA_DIR/tmp."""
+        # A worker's data dir may be new and hold nothing else (its database and blobs
+        # elsewhere): only the web app creates tmp/ at start.
+        scratch = self.hub.settings.data_dir / "tmp"
+        scratch.mkdir(parents=True, exist_ok=True)
+        # Earlier attempts of this merge on this data dir left their folders when their
+        # worker died (or lost its claim): with the claim just taken, none of them goes on.
+        for earlier in scratch.glob(f"merge-{merge_id}-*"):
+            shutil.rmtree(earlier, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=f"merge-{merge_id}-", dir=scratch))
 
     def _store(self, path: Path) -> tuple[str, int]:
         digest = hashlib.sha256()

@@ -11,6 +11,17 @@ def auth(token: str | None) -> dict:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def fetch(client, url: str, token: str, headers: dict | None = None):
+    """GET a merge file as bytes (following S3's redirect with a real HTTP request)."""
+    import requests
+
+    response = client.get(url, headers={**auth(token), **(headers or {})})
+    if response.status_code == 302:
+        got = requests.get(response.headers["Location"], headers=headers or {}, timeout=30)
+        return got.status_code, got.content, response.headers
+    return response.status_code, response.data, response.headers
+
+
 def publish(client, token: str | None, ref: str, version: str, directory: Path | None = None,
             *, license: str | None = "apache-2.0", metadata: dict | str | None = None,
             files: dict[str, bytes] | None = None, **fields):

@@ -10,22 +10,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import requests
 
-from tests.e2e.helpers import assert_problem, auth, publish
+from tests.e2e.helpers import assert_problem, auth, fetch, publish
 
 
 def is_s3(settings) -> bool:
     return settings.storage_url.startswith("s3://")
-
-
-def fetch(client, url: str, token: str, headers: dict | None = None):
-    """GET a merge file as bytes (following S3's redirect with a real HTTP request)."""
-    response = client.get(url, headers={**auth(token), **(headers or {})})
-    if response.status_code == 302:
-        got = requests.get(response.headers["Location"], headers=headers or {}, timeout=30)
-        return got.status_code, got.content, response.headers
-    return response.status_code, response.data, response.headers
 
 
 def wait(client, token: str, merge_id: str, timeout: float = 120) -> dict:
