@@ -93,7 +93,14 @@ class Settings:
             if env.get(key):
                 values[attr] = _positive_float(key, env[key])
         values.update(overrides)
-        return cls(**values)
+        settings = cls(**values)
+        if settings.heartbeat_seconds * 2 > settings.stale_seconds:
+            # A merge is judged dead after stale_seconds without a heartbeat: with fewer than
+            # two beats in that time every live merge would be handed out again.
+            raise SystemExit(f"LORASTACK_STALE_SECONDS ({settings.stale_seconds:g}) must be at"
+                             " least twice LORASTACK_HEARTBEAT_SECONDS"
+                             f" ({settings.heartbeat_seconds:g})")
+        return settings
 
     def with_overrides(self, **changes) -> "Settings":
         """A copy with some fields changed."""

@@ -39,6 +39,9 @@ def make_celery(settings: Settings):
         broker_connection_timeout=2,
         broker_transport_options={"visibility_timeout": 6 * 3600, "max_retries": 0},
         worker_hijack_root_logger=False,
+        # The row, not the broker connection, says whether a merge should go on: a worker
+        # that loses Redis for a moment finishes the merge it holds.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     return app
 

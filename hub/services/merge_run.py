@@ -244,6 +244,8 @@ class _Heartbeat:
                 self._beat()
             except HubError as error:  # the database is away: the next beat tries again
                 log.warning("merge %s: heartbeat failed: %s", self.merge_id, error.detail)
+            except Exception:  # never let the thread die while the merge runs on
+                log.exception("merge %s: heartbeat failed", self.merge_id)
 
     def _beat(self) -> None:
         with self.runner.hub.db.session() as session:

@@ -49,3 +49,17 @@ def test_importing_hub_builds_nothing():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[2], check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_merge_settings_are_read_and_checked():
+    settings = Settings.from_env({"LORASTACK_QUEUE": "celery", "LORASTACK_DEVICE": "CUDA:1",
+                                  "LORASTACK_MERGE_ATTEMPTS": "5",
+                                  "LORASTACK_STALE_SECONDS": "30"})
+    assert (settings.queue, settings.device, settings.merge_attempts,
+            settings.stale_seconds) == ("celery", "cuda:1", 5, 30.0)
+    for env, needle in (({"LORASTACK_QUEUE": "rabbit"}, "LORASTACK_QUEUE"),
+                        ({"LORASTACK_DEVICE": "tpu"}, "LORASTACK_DEVICE"),
+                        ({"LORASTACK_MERGE_TTL_DAYS": "-1"}, "LORASTACK_MERGE_TTL_DAYS"),
+                        ({"LORASTACK_HEARTBEAT_SECONDS": "40"}, "at least twice")):
+        with pytest.raises(SystemExit, match=needle):
+            Settings.from_env(env)
