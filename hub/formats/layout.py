@@ -10,10 +10,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from hub.errors import TensorMismatch
+from hub.errors import InvalidAdapterConfig, TensorMismatch
 from hub.formats.foreign import foreign_hint
 from hub.formats.peft_config import MAX_TENSOR_NAME_LEN, PEFT_PREFIX, module_rank
 from hub.formats.safetensors_file import SafetensorsHeader, TensorEntry, quote
+
+#: Leaf names of the input embeddings and output heads of transformers' models, whose
+#: weights PEFT saves whole when the vocabulary was resized (save_embedding_layers).
+EMBEDDING_LAYER_NAMES = frozenset({"embed_tokens", "lm_head", "wte", "embed_in", "embed_out"})
 
 #: The update's two factors, by kind.
 FACTORS = {"linear": ("lora_A.weight", "lora_B.weight"),
@@ -84,10 +88,16 @@ def _in_layers(config: dict, module: str) -> bool:
     if not patterns:
         match = _ANY_LAYER_INDEX.match(module)
     for pattern in patterns:
-        match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", module)
+        try:
+            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", module)
+        except re.error as exc:  # e.g. a pattern that defines its own group "idx"
+            raise InvalidAdapterConfig(f"`layers_pattern` {quote(pattern)} does not combine"
+                                       f" into PEFT's layer pattern: {exc}") from None
         if match is not None:
             break
-    if match is None:
+    # An alternation in the pattern can match with the index group left empty: as in
+    # PEFT, that is no layer index.
+    if match is None or match.group("idx") is None:
         return False
     index = int(match.group("idx"))
     return index == layers if isinstance(layers, int) else index in layers
@@ -122,15 +132,25 @@ def is_target(config: dict, module: str) -> bool:
 
 def _saved_kind(config: dict, path: str, param: str) -> str | None:
     """'extra' or 'ignored' when PEFT saves `path.param` beside the LoRA for this config."""
-    if param == "trainable_tokens_delta" and path.endswith(".token_adapter"):
-        return "extra" if config.get("trainable_token_indices") else None
+    tokens = bool(config.get("trainable_token_indices"))
+    if path.endswith(".token_adapter") and param == "trainable_tokens_delta":
+        return "extra" if tokens else None
+    if path.endswith(".token_adapter.base_layer") and param == "weight":
+        return "extra" if tokens else None  # the embedding saved beside trained tokens
+    leaf = path.rsplit(".", 1)[-1]
     if path.endswith(".base_layer"):
         owner = path[: -len(".base_layer")]
         if not is_target(config, owner):
             return None
-        if param == "weight":  # save_embedding_layers: the layer's own (resized) weight
-            return "ignored"
+        if param == "weight":
+            # save_embedding_layers: an adapted embedding layer's own weight, the base
+            # model's, beside its LoRA. Any other layer's base weight would replace the
+            # base model's when PEFT loads it: that is no LoRA.
+            return "ignored" if owner.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES else None
         return "extra" if param == "bias" and config.get("bias") in ("all", "lora_only") else None
+    if param == "weight" and leaf in EMBEDDING_LAYER_NAMES:
+        # A resized vocabulary: PEFT saves the whole embedding / lm_head and loads it.
+        return "extra"
     if param == "bias" and config.get("bias") == "all":
         return "extra"
     saved = config.get("modules_to_save") or []

@@ -5,6 +5,7 @@ import functools
 import json
 import math
 import re
+from re import _constants, _parser  # the parse tree re itself uses
 from typing import Any
 
 from hub.errors import InvalidAdapterConfig
@@ -15,9 +16,31 @@ MAX_PATTERN_LEN = 512
 MAX_PATTERN_KEYS = 4096  # one entry per module of a 70B model is ~600
 MAX_TENSOR_NAME_LEN = 1024  # also bounds the work user-supplied regexes do
 PEFT_PREFIX = "base_model.model."
-# A quantifier applied to a group that itself contains a quantifier, e.g. "(a+)+":
-# the classic catastrophic-backtracking shape; Python's re has no timeout.
-_NESTED_QUANTIFIER = re.compile(r"\([^()]*[+*}][^()]*\)\s*[+*{]")
+_REPEATS = {_constants.MAX_REPEAT, _constants.MIN_REPEAT, _constants.POSSESSIVE_REPEAT}
+
+
+def _backtracks(parsed) -> bool:
+    """Whether a parsed pattern repeats something that can itself match in several ways
+    (another repeat or an alternation: "(a+)+", "(a|a)*", "((a+))+"), the shapes whose
+    backtracking is exponential; Python's re has no timeout."""
+    def ambiguous(items) -> bool:
+        for op, av in items:
+            if op in _REPEATS and av[1] > 1:
+                return True
+            if op == _constants.BRANCH:
+                return True
+            if op == _constants.SUBPATTERN and ambiguous(av[-1]):
+                return True
+        return False
+
+    for op, av in parsed:
+        if op in _REPEATS and av[1] > 1 and ambiguous(av[2]):
+            return True
+        children = (av[2],) if op in _REPEATS else (av[-1],) if op == _constants.SUBPATTERN \
+            else av[1] if op == _constants.BRANCH else ()
+        if any(_backtracks(child) for child in children):
+            return True
+    return False
 
 
 def parse_adapter_config(data: bytes, *, max_bytes: int = 1_000_000) -> dict:
@@ -80,12 +103,15 @@ def _check_pattern_key(key: Any, what: str) -> None:
     if not isinstance(key, str) or not key or len(key) > MAX_PATTERN_LEN:
         raise InvalidAdapterConfig(f"{what} keys must be non-empty strings up to "
                                    f"{MAX_PATTERN_LEN} characters, got {quote(key)}")
-    if _NESTED_QUANTIFIER.search(key):
-        raise InvalidAdapterConfig(f"{what} key {quote(key)} nests quantifiers; use a simpler pattern")
     try:
+        parsed = _parser.parse(key)
         re.compile(key)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:
         raise InvalidAdapterConfig(f"{what} key {quote(key)} is not a valid regex: {exc}") from None
+    if _backtracks(parsed):
+        raise InvalidAdapterConfig(f"{what} key {quote(key)} repeats a group that can match in"
+                                   " several ways (nested quantifiers or an alternation under"
+                                   " one); use a simpler pattern")
 
 
 def _check_lora_fields(config: dict) -> None:

@@ -69,7 +69,7 @@ def test_config_over_the_size_limit_is_refused(adapters):
     ("rank_pattern", {"q_proj": 0}, r"`rank_pattern\['q_proj'\]`"),
     ("rank_pattern", {"q_proj": 2.5}, r"`rank_pattern\['q_proj'\]`"),
     ("rank_pattern", {"(q_proj": 2}, "not a valid regex"),
-    ("rank_pattern", {"(a+)+": 2}, "nests quantifiers"),
+    ("rank_pattern", {"(a+)+": 2}, "nested quantifiers"),
     ("alpha_pattern", {"v_proj": -1}, r"`alpha_pattern\['v_proj'\]`"),
     ("rank_pattern", {f"m{i}": 2 for i in range(5000)}, "5000 entries; the limit is 4096"),
     ("base_model_name_or_path", 7, "`base_model_name_or_path`"),
@@ -196,12 +196,19 @@ def test_tensor_outside_peft_naming_is_refused(tmp_path, adapters):
 
 
 def test_saved_module_is_allowed_only_when_config_lists_it(adapters):
+    from dataclasses import replace
+
     config = _config(adapters, "modules_to_save")
     header = read_safetensors_header(adapters["modules_to_save"] / WEIGHTS)
     assert check_lora_tensors(config, header).extras == ["base_model.model.lm_head.weight"]
+    # A whole lm_head is also what PEFT saves for a resized vocabulary: kept, not mergeable.
     config["modules_to_save"] = None
-    with pytest.raises(TensorMismatch, match="lm_head.weight"):
-        check_lora_tensors(config, header)
+    assert check_lora_tensors(config, header).extras == ["base_model.model.lm_head.weight"]
+    # Any other whole module is saved only when modules_to_save lists it.
+    tensors = {(k.replace("lm_head", "score") if "lm_head" in k else k): v
+               for k, v in header.tensors.items()}
+    with pytest.raises(TensorMismatch, match="score.weight"):
+        check_lora_tensors(config, replace(header, tensors=tensors))
 
 
 def test_conv_embedding_and_gpt2_adapters_pass(adapters):

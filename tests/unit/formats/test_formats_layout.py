@@ -110,3 +110,65 @@ def test_a_freely_named_safetensors_file_is_refused_pointing_at_peft_names(tmp_p
     with pytest.raises(UnexpectedFile, match="kohya") as info:
         validate_upload({"my_style.safetensors": tmp_path / "my_style.safetensors"})
     assert WEIGHTS in info.value.detail
+
+
+def _with_extra(folder, name, shape):
+    import torch
+
+    tensors = load_file(str(folder / WEIGHTS))
+    tensors[name] = torch.full(shape, 7.0)
+    save_file(tensors, str(folder / WEIGHTS))
+
+
+def test_a_base_weight_saved_beside_a_linear_lora_is_refused(copy_adapter):
+    # PEFT would load it over the base model's q_proj: no LoRA does that.
+    folder = copy_adapter("lora")
+    _with_extra(folder, "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight",
+                (64, 64))
+    with pytest.raises(TensorMismatch, match="q_proj.base_layer.weight"):
+        validate_upload(files_of(folder))
+
+
+def test_a_resized_vocabulary_saved_whole_is_accepted_and_not_mergeable(tmp_path):
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from tests.support.tiny_models import tiny_llama
+
+    model = tiny_llama()
+    model.resize_token_embeddings(130, mean_resizing=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8,
+                                                      target_modules=["q_proj"]))
+        peft_model.save_pretrained(str(tmp_path), save_embedding_layers=True)
+    keys = set(load_file(str(tmp_path / WEIGHTS)))
+    assert "base_model.model.lm_head.weight" in keys  # PEFT saved the resized layers
+    info = validate_upload({p.name: p for p in tmp_path.iterdir() if p.name != "README.md"})
+    assert info.mergeable is False and "weight" in info.not_mergeable_reason
+
+
+@pytest.mark.parametrize("pattern", ["layers|h", "(?P<idx>x)"])
+def test_a_layers_pattern_that_leaves_no_index_is_a_clear_refusal(copy_adapter, pattern):
+    from hub.errors import HubError
+
+    folder = copy_adapter("lora")
+    config = json.loads((folder / CONFIG).read_text())
+    config.update(layers_to_transform=[0], layers_pattern=pattern)
+    (folder / CONFIG).write_text(json.dumps(config))
+    with pytest.raises(HubError) as info:  # never a TypeError or re.error (a 500)
+        validate_upload(files_of(folder))
+    assert info.value.status in (400, 422)
+
+
+@pytest.mark.parametrize("pattern", ["(a+)+", "((a+))+", "(a|a)+", "(a|aa)*b"])
+def test_patterns_that_backtrack_exponentially_are_refused(copy_adapter, pattern):
+    from hub.errors import InvalidAdapterConfig
+
+    folder = copy_adapter("lora")
+    config = json.loads((folder / CONFIG).read_text())
+    config["target_modules"] = pattern
+    (folder / CONFIG).write_text(json.dumps(config))
+    with pytest.raises(InvalidAdapterConfig, match="several ways"):
+        validate_upload(files_of(folder))
