@@ -64,7 +64,7 @@ def push(directory: Path, ref: str, version: str, license_id: str | None,
         body.on_read = bar.update
         response = client.request("POST", f"/adapters/{owner}/{name}/versions", data=body,
                                   headers={"Content-Type": body.content_type}, timeout=None)
-    result = response.json()
+    result = client.json(response)
     verb = "published" if response.status_code == 201 else "already published (identical)"
     click.echo(f"{verb} {result['adapter']}@{result['version']}"
                f" ({len(result['files'])} files, {result['size_bytes']} bytes)")

@@ -48,11 +48,23 @@ class HubClient:
 
     def get_json(self, path: str, **params) -> dict:
         """GET `path` and return its JSON body."""
-        return self.request("GET", path, params=params or None).json()
+        return self.json(self.request("GET", path, params=params or None))
 
     def post_json(self, path: str, body: dict) -> dict:
         """POST a JSON body to `path` and return the JSON answer."""
-        return self.request("POST", path, json=body).json()
+        return self.json(self.request("POST", path, json=body))
+
+    def json(self, response) -> dict:
+        """A successful response's JSON object; HubUnreachable when it is not one (the
+        endpoint is some other server, or a proxy's login page)."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise HubUnreachable(f"the server at {self.endpoint} did not answer with the hub's"
+                                 " JSON: is LORASTACK_ENDPOINT the hub's address?")
+        return body
 
     def download(self, path: str, out: BinaryIO,
                  on_chunk: Callable[[bytes], None] | None = None) -> None:

@@ -9,7 +9,7 @@ from typing import Callable
 import click
 
 from hub.cli import provenance
-from hub.cli.errors import OneLineCommand
+from hub.cli.errors import describe, OneLineCommand
 from hub.cli.progress import duration as _duration
 from hub.cli.refs import split_weight
 from hub.errors import HubError, InvalidMerge
@@ -89,7 +89,7 @@ def merge_local(sources: tuple[str, ...], method: str, rank: int | None, density
         report = merge_to_folder(specs, spec, out_dir, progress=_Progress())
         provenance.annotate_report(out_dir, infos, derived)
     except HubError as exc:
-        raise click.ClickException(exc.detail) from None
+        raise click.ClickException(describe(exc)) from None
     except MemoryError:
         raise click.ClickException("out of memory while merging; try --device cuda or fewer sources") from None
     except Exception as exc:  # one line, never a traceback, for anything unforeseen

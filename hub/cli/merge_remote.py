@@ -65,7 +65,7 @@ def ask_to_cancel(merge_id: str, interactive: bool,
 def stop_waiting(client: HubClient, merge_id: str) -> NoReturn:
     """Ctrl-C while waiting: cancel the merge when asked to, else say how; exit status 130."""
     if ask_to_cancel(merge_id, stdin_is_terminal()):
-        click.echo(cancel_text(client.request("DELETE", f"/merges/{merge_id}").json()), err=True)
+        click.echo(cancel_text(client.json(client.request("DELETE", f"/merges/{merge_id}"))), err=True)
     else:
         click.echo(f"merge {merge_id} continues on the hub: `lorastack merges show {merge_id}` "
                    f"follows it, `lorastack merges cancel {merge_id}` cancels it", err=True)
@@ -125,7 +125,8 @@ def unpack(archive: Path, folder: Path, merge: dict) -> list[str]:
         with zipfile.ZipFile(archive) as zf:
             names = zf.namelist()
             # The names become paths here: nothing but the merge's own files, in no folder.
-            if sorted(names) != expected or any(Path(name).name != name for name in names):
+            if (sorted(names) != expected or not set(names) <= RESULT_FILES - {PROVENANCE_FILE}
+                    or any(Path(name).name != name for name in names)):
                 raise click.ClickException(f"the archive of merge {merge['id']} holds "
                                            f"{', '.join(names)}, not its files "
                                            f"{', '.join(expected)}")
@@ -203,7 +204,7 @@ def merge_command(sources: tuple[str, ...], out_dir: Path, force: bool,
     check_target(out_dir, force, verb="merge")
     client = HubClient()
     response = client.request("POST", "/merges", json=body)
-    merge = response.json()
+    merge = client.json(response)
     if response.status_code == 200:
         click.echo(f"reusing merge {merge['id']} ({merge['status']}): you asked for the "
                    f"same merge before", err=True)

@@ -106,7 +106,7 @@ def publish_merge(client: HubClient, merge_id: str, ref: str, license_link: str 
         raise InvalidRequest(f"{error.detail.rstrip('.')}; pass it as --license-link URL"
                              f" (`lorastack merges publish {merge_id} {ref} --license-link URL`"
                              f" publishes this merge without running it again)") from None
-    version = response.json()
+    version = client.json(response)
     parents = ", ".join(f"{p['adapter']}@{p['version']}" for p in version.get("parents") or [])
     verb = "published" if response.status_code == 201 else "already published (identical)"
     click.echo(f"{verb} {version['adapter']}@{version['version']} (licence "
@@ -159,7 +159,8 @@ def show_merge(merge_id: str, as_json: bool) -> None:
 @click.argument("merge_id", metavar="ID")
 def cancel_merge(merge_id: str) -> None:
     """Cancel a queued merge, or stop a running one between modules."""
-    click.echo(cancel_text(HubClient().request("DELETE", f"/merges/{merge_id}").json()))
+    client = HubClient()
+    click.echo(cancel_text(client.json(client.request("DELETE", f"/merges/{merge_id}"))))
 
 
 @merges_group.command("publish")

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from hub.cli.http import HubClient
+from hub.errors import HubUnreachable
 from hub.cli.progress import ByteProgress
 from hub.cli.provenance import PROVENANCE_FILE, provenance_record, write_provenance
 from hub.cli.refs import split_ref
@@ -34,6 +35,12 @@ def check_target(directory: Path, force: bool, verb: str = "pull") -> None:
 def download_version(client: HubClient, version: dict, staging: Path) -> None:
     """Download every file of `version` into `staging`, checking each sha256."""
     base = f"/adapters/{version['adapter']}/versions/{version['version']}/files"
+    # The names become paths here: nothing but an adapter's own files, in no folder.
+    strange = [file.get("path") for file in version["files"]
+               if file.get("path") not in ALLOWED_FILES]
+    if strange:
+        raise HubUnreachable(f"the hub listed files an adapter does not have ({strange[0]!r});"
+                             " nothing was written: is LORASTACK_ENDPOINT the hub?")
     total = sum(file["size"] for file in version["files"])
     with ByteProgress(f"pulling {version['adapter']}@{version['version']}", total) as bar:
         for file in version["files"]:

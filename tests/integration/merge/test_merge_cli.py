@@ -119,5 +119,5 @@ def test_a_refusal_from_the_real_process_is_one_line_without_traceback(tmp_path)
                           str(tmp_path / "nope"), "-o", str(tmp_path / "out")],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode != 0
-    assert out.stderr.strip().splitlines() == [f"Error: adapter folder not found: {tmp_path / 'nope'}"]
+    assert out.stderr.strip().splitlines() == [f"Error: adapter folder not found: {tmp_path / 'nope'} (missing_file)"]
     assert not (tmp_path / "out").exists()

@@ -122,7 +122,7 @@ def test_an_output_under_a_file_or_an_unwritable_folder_is_refused_in_one_line(a
     blocker.write_text("x")
     result = CliRunner().invoke(merge_local, [str(adapters["llama_a"]), "-o", str(blocker / "m")])
     assert result.exit_code != 0
-    assert result.output.strip() == f"Error: output parent {blocker} is not a folder"
+    assert result.output.strip() == f"Error: output parent {blocker} is not a folder (invalid_merge)"
     # A folder nobody may create files in, root included (a read-only mount would do too).
     proc = Path("/proc")
     if not proc.is_dir():
@@ -153,7 +153,7 @@ def test_refuses_device_cuda_without_a_gpu(adapters, tmp_path):
     result = CliRunner().invoke(merge_local, [str(adapters["llama_a"]), "--device", "cuda",
                                               "-o", str(parent / "m")])
     assert result.exit_code != 0 and result.output.strip() == \
-        "Error: device cuda was asked for but no CUDA GPU is available"
+        "Error: device cuda was asked for but no CUDA GPU is available (invalid_merge)"
     assert list(parent.iterdir()) == []
 
 
