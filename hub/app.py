@@ -49,6 +49,12 @@ def build_app(settings: Settings | None = None) -> Flask:
     install_metrics(app)
 
     @app.before_request
+    def _refuse_nul() -> None:
+        # No name, label, path or id holds a NUL, and PostgreSQL cannot even compare one.
+        if "\x00" in request.path:
+            raise NotFound("No such resource (the path holds a NUL character).")
+
+    @app.before_request
     def _start_timer() -> None:
         # A caller's id is kept (it ties our log line to theirs) if it is short and plain.
         given = request.headers.get("X-Request-ID", "")

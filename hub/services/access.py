@@ -46,10 +46,7 @@ def require_owner(principal: Principal | None, adapter_owner: str,
     With a `session`, an owner that does not exist is named as such (NotFound), rather
     than a refusal that suggests someone else owns the name.
     """
-    if principal is None:
-        raise Unauthorized("This needs a token: send `Authorization: Bearer <token>`.")
-    if not principal.can_write():
-        raise Forbidden("This token has the read scope only; use a write token.")
+    principal = require_writer(principal)
     if not principal.owns(adapter_owner):
         if session is not None and session.scalar(
                 select(User.id).where(User.name == adapter_owner)) is None:

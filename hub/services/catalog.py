@@ -252,7 +252,7 @@ def _decode_cursor(sort: str, cursor: str):
                 isinstance(value, str) and (len(value) > 96 or "\0" in value)):
             raise ValueError("bad value")
         return decode(value), last_id
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise InvalidRequest("'cursor' is not valid for this query; use the next_cursor of"
                              " the previous page, with the same sort.") from None
 

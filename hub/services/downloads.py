@@ -22,8 +22,6 @@ def file_cache_control(visibility: str, pinned: bool) -> str:
 
 def redirect_cache_control(visibility: str, pinned: bool, url_ttl: int) -> str:
     """Cache-Control for a redirect to a signed URL: never kept past half its signature."""
-    if visibility != "public":
-        return "private, no-store"
-    if not pinned:
-        return "public, no-cache"
+    if visibility != "public" or not pinned:
+        return file_cache_control(visibility, pinned)
     return f"public, max-age={max(0, min(PUBLIC_MAX_AGE, url_ttl // 2))}"

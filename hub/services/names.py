@@ -64,6 +64,18 @@ def check_tags(tags: object) -> list[str]:
     return seen
 
 
+def readme_tags(tags: object) -> list[str]:
+    """The tags of a README's front matter that the hub can keep (the first MAX_TAGS valid
+    ones): the publisher did not type them (PEFT writes `base_model:adapter:<path>`, which
+    can be long or hold spaces), so one that does not fit is dropped, not an error."""
+    if isinstance(tags, str):
+        tags = [tags]
+    if not isinstance(tags, list):
+        return []
+    kept = [tag.strip() for tag in tags if isinstance(tag, str) and TAG_RE.match(tag.strip())]
+    return list(dict.fromkeys(kept))[:MAX_TAGS]
+
+
 def check_text(value: object, limit: int, what: str, *, multiline: bool = False) -> str:
     """`value` if it is a string of at most `limit` characters that a database stores:
     no control characters (newlines and tabs when `multiline`), no lone surrogates."""

@@ -19,7 +19,7 @@ from hub.services.blobs import lock_blobs
 from hub.services.access import require_owner
 from hub.services.catalog import set_tags
 from hub.services.names import (Metadata, check_adapter_name, check_tags, check_user_name,
-                                check_version_label)
+                                check_version_label, readme_tags)
 from hub.storage import BlobStore, blob_key
 
 
@@ -183,9 +183,12 @@ def _insert(session: Session, principal: Principal, owner_row: User, name: str, 
             readme.front_matter.get("description"), str) else None
     if description is not None:
         adapter.description = description
-    tags = metadata.tags if metadata.tags is not None else (readme.tags if readme else None)
+    if metadata.tags is not None:
+        tags = check_tags(list(metadata.tags))
+    else:
+        tags = readme_tags(readme.tags) if readme else []
     if tags:
-        set_tags(adapter, check_tags(list(tags)))
+        set_tags(adapter, tags)
     task = metadata.task or (readme.task if readme else None) or info.task_type
     if task:
         adapter.task = task

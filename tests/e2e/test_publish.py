@@ -339,3 +339,27 @@ def test_a_variant_the_merge_engine_refuses_publishes_as_not_mergeable(client, m
     response = publish(client, token, "alice/biased", "1", folder)
     assert response.status_code == 201, response.get_json()
     assert response.get_json()["mergeable"] is False
+
+
+def test_readme_tags_the_hub_cannot_keep_are_dropped_not_refused(client, make_user, lora_dir):
+    token = make_user("alice")
+    long_tag = "base_model:adapter:" + "unsloth/" + "x" * 60
+    readme = ("---\nlicense: mit\ntags:\n- chat\n- " + long_tag + "\n- has space\n- chat\n---\n"
+              "# An adapter\n")
+    response = publish(client, token, "alice/carded", "1", lora_dir,
+                       files={"README.md": readme.encode()})
+    assert response.status_code == 201, response.get_json()
+    assert client.get("/api/v1/adapters/alice/carded").get_json()["tags"] == ["chat"]
+    # Tags the publisher sends are checked, never dropped.
+    refused = publish(client, token, "alice/carded", "2", lora_dir,
+                      metadata={"tags": ["has space"]})
+    assert_problem(refused, 400, "invalid_request")
+
+
+def test_a_nul_in_a_path_is_not_found_on_every_backend(client, make_user, lora_dir):
+    token = make_user("alice")
+    publish(client, token, "alice/tiny", "1.0", lora_dir)
+    for url in ("/api/v1/adapters/alice/tiny/versions/1.0/files/a%00b",
+                "/api/v1/adapters/al%00ice/tiny", "/api/v1/merges/ab%00cd"):
+        assert_problem(client.get(url, headers={"Authorization": f"Bearer {token}"}), 404,
+                       "not_found")
