@@ -6,9 +6,9 @@ from flask import jsonify, redirect, request, send_file
 from hub.api import api_v1
 from hub.api.adapters import json_body
 from hub.api.auth import current_principal
-from hub.errors import Unauthorized
 from hub.runtime import current_hub
 from hub.services import merges
+from hub.services.access import require_writer
 from hub.services.merge_plan import parse_merge_request, plan_merge, plan_view
 from hub.services.shapes import merge_view
 
@@ -23,9 +23,9 @@ def plan_merge_route():
     hub = current_hub()
     merge_request = parse_merge_request(json_body())
     principal = current_principal()
-    if merge_request.analyze and principal is None:
-        raise Unauthorized("An analysis reads the sources' weights: send a token"
-                           " (`Authorization: Bearer <token>`).")
+    if merge_request.analyze:
+        # It reads the sources' weights in this process: a write token, as for a merge.
+        require_writer(principal)
     with hub.db.session() as session:
         result = plan_merge(session, hub.store, hub.settings, principal, merge_request)
         body = plan_view(result)

@@ -13,7 +13,7 @@ import threading
 from hub.config import Settings
 from hub.errors import HubError
 from hub.runtime import Hub
-from hub.services.merge_sweep import mark_sent, sweep_stale, unsent
+from hub.services.merge_sweep import MESSAGE_LOST_SECONDS, mark_sent, sweep_stale, unsent
 
 log = logging.getLogger("hub.jobs.celery")
 TASK = "lorastack.run_merge"
@@ -37,7 +37,8 @@ def make_celery(settings: Settings):
         broker_connection_retry_on_startup=True,
         # A submit must answer while the broker is down: fail fast, the sweep re-sends.
         broker_connection_timeout=2,
-        broker_transport_options={"visibility_timeout": 6 * 3600, "max_retries": 0},
+        broker_transport_options={"visibility_timeout": MESSAGE_LOST_SECONDS,
+                                  "max_retries": 0},
         worker_hijack_root_logger=False,
         # The row, not the broker connection, says whether a merge should go on: a worker
         # that loses Redis for a moment finishes the merge it holds.
@@ -101,7 +102,7 @@ class Sweeper:
         with self.hub.db.session() as session:
             sweep_stale(session, self.hub.settings)
         with self.hub.db.session() as session:
-            ids = unsent(session, self.hub.settings)
+            ids = unsent(session)
         for merge_id in ids:
             if not send(self.app, self.hub, merge_id):
                 break

@@ -2,10 +2,13 @@
 
 It runs queued merges oldest first, one at a time, and sweeps for merges whose worker
 went silent: a merge that was running when the process died runs again after a restart,
-once its heartbeat is older than LORASTACK_STALE_SECONDS.
+once its heartbeat is older than LORASTACK_STALE_SECONDS. Of several web processes on one
+data folder (`lorastack serve --workers N`), one runs merges at a time: the one holding
+the folder's inline-worker lock, so merges never share the device.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
@@ -33,6 +36,7 @@ class InlineQueue:
         self.runner = MergeRunner(hub, name)
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._lock_file = None
         self._thread = threading.Thread(target=self._loop, name="lorastack-inline-worker",
                                         daemon=True)
         self._thread.start()
@@ -48,6 +52,9 @@ class InlineQueue:
         self._stop.set()
         self._wake.set()
         self._thread.join(30)
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the file lets the lock go
+            self._lock_file = None
 
     def _loop(self) -> None:
         next_sweep = 0.0
@@ -57,7 +64,7 @@ class InlineQueue:
                     with self.hub.db.session() as session:
                         sweep_stale(session, self.hub.settings)
                     next_sweep = time.monotonic() + self.hub.settings.sweep_seconds
-                merge_id = self._next()
+                merge_id = self._next() if self._runs_merges() else None
                 if merge_id is not None:
                     self.runner.run(merge_id)
                     continue
@@ -67,6 +74,18 @@ class InlineQueue:
                 log.exception("inline worker")
             self._wake.wait(self.hub.settings.sweep_seconds)
             self._wake.clear()
+
+    def _runs_merges(self) -> bool:
+        """Whether this process holds the data folder's inline-worker lock (taken once)."""
+        if self._lock_file is None:
+            handle = open(self.hub.settings.data_dir / "inline-worker.lock", "a+b")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                return False
+            self._lock_file = handle
+        return True
 
     def _next(self) -> str | None:
         with self.hub.db.session() as session:

@@ -19,7 +19,7 @@ from hub.errors import IncompatibleAdapters, InvalidMerge, NonFiniteWeights
 from hub.merge import dense, factored, writer
 from hub.merge.plan import ModulePlan, check_delta_layout, layouts, load_sources, plan_modules
 from hub.merge.sources import LoraSource
-from hub.merge.spec import MergeSpec, ProgressFn, SourceSpec, validate_sources
+from hub.merge.spec import MergeSpec, ProgressFn, SourceSpec, output_dtype, validate_sources
 from hub.merge.threads import single_threaded_pool
 
 T = TypeVar("T")
@@ -257,10 +257,7 @@ def _to_base_layout(plan: ModulePlan, update: torch.Tensor) -> torch.Tensor:
 
 
 def _out_dtype(spec: MergeSpec, sources: list[LoraSource]) -> torch.dtype:
-    if spec.dtype is not None:
-        return _DTYPES[spec.dtype]
-    found = set().union(*(s.dtypes for s in sources))
-    return _DTYPES.get(found.pop(), torch.float32) if len(found) == 1 else torch.float32
+    return _DTYPES[output_dtype(spec.dtype, set().union(*(s.dtypes for s in sources)))]
 
 
 def _report(spec: MergeSpec, sources: _Loaded, device: torch.device, dtype: torch.dtype,

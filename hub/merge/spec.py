@@ -85,16 +85,20 @@ class MergeSpec:
             if self.density is None:
                 raise InvalidMerge(f"method {self.method!r} needs a density in (0, 1]")
             density = self.density
+            # A float compare, not math.isfinite: that overflows on a huge int.
             if isinstance(density, bool) or not isinstance(density, (int, float)) \
-                    or not math.isfinite(density) or not 0.0 < density <= 1.0:
-                raise InvalidMerge(f"density must be in (0, 1], got {density!r}")
+                    or not 0.0 < density <= 1.0:
+                raise InvalidMerge(f"density must be in (0, 1], got {str(density)[:40]}")
         elif self.density is not None:
             raise InvalidMerge(f"density applies to ties, dare and magnitude_prune, not {self.method!r}")
         if self.majority_sign_method not in SIGN_METHODS:
             raise InvalidMerge(f"majority sign method must be total or frequency, "
                                f"got {self.majority_sign_method!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise InvalidMerge(f"seed must be a non-negative integer, got {self.seed!r}")
+        if (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                or not 0 <= self.seed < 2**63):
+            # torch's generators take seeds below 2**63 (the derived per-module seeds too).
+            raise InvalidMerge(f"seed must be an integer from 0 to 2**63 - 1, got "
+                               f"{str(self.seed)[:40]}")
         if self.output not in OUTPUTS:
             raise InvalidMerge(f"output must be lora or delta, got {self.output!r}")
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -102,6 +106,15 @@ class MergeSpec:
         if self.device not in DEVICES:
             raise InvalidMerge(f"device must be auto, cpu or cuda, got {self.device!r}")
         return self
+
+
+def output_dtype(asked: str | None, source_dtypes: set[str]) -> str:
+    """The output's dtype: the one asked for, else the sources' one dtype when the output
+    can hold it (float16, bfloat16, float32), else float32."""
+    if asked is not None:
+        return asked
+    return next(iter(source_dtypes)) if len(source_dtypes) == 1 and \
+        next(iter(source_dtypes)) in DTYPES else "float32"
 
 
 def validate_sources(sources: list[SourceSpec]) -> list[SourceSpec]:

@@ -17,7 +17,7 @@ from hub.merge.compat import ModuleShape, SourceShapes
 from hub.models import Version
 from hub.storage import BlobStore
 
-LAYOUT_FORMAT = 1
+LAYOUT_FORMAT = 2
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 
 
@@ -55,13 +55,16 @@ def read_layout(store: BlobStore, version: Version) -> dict:
                                 "scale": module_scaling(config, module.name),
                                 "dtype": module.a.dtype}
     return {"format": LAYOUT_FORMAT, "modules": modules,
+            # The engine compares what the configs say, not the catalog's base_model
+            # (which metadata or a README may have set).
+            "base_model": config.get("base_model_name_or_path") or None,
             "fan_in_fan_out": bool(config.get("fan_in_fan_out", False)),
             "dtypes": sorted({entry["dtype"] for entry in modules.values()}),
             "config_sha256": files[CONFIG_FILE].sha256}
 
 
-def source_shapes(label: str, version: Version, layout: dict) -> SourceShapes:
+def source_shapes(label: str, layout: dict) -> SourceShapes:
     """The layout as the compatibility rules (hub.merge.compat) read it."""
-    return SourceShapes(label, version.base_model, {
+    return SourceShapes(label, layout["base_model"], {
         name: ModuleShape(m["kind"], m["shape"][0], m["shape"][1], m["rank"])
         for name, m in layout["modules"].items()}, layout["fan_in_fan_out"])

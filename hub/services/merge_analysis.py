@@ -4,34 +4,45 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
+from hub.errors import RateLimited
 from hub.runtime import Hub
 from hub.services.merge_plan import MergePlan
-from hub.services.source_cache import CachedFile, SourceCache
+from hub.services.source_cache import ADAPTER_FILES, CachedFile, SourceCache
 
-SOURCE_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+#: Analyses at once in one process: each uses every core for a moment; more wait their turn
+#: as a 429, never as a pile of threads.
+_RUNNING = threading.BoundedSemaphore(1)
+RETRY_AFTER_SECONDS = 2
 
 
 def analyze_plan(hub: Hub, plan: MergePlan) -> dict:
     """Norms and cosines of the planned sources' weighted updates, overall and per module."""
+    if not _RUNNING.acquire(blocking=False):
+        raise RateLimited("Another analysis is running on this hub process; send the plan"
+                          " again in a moment.", retry_after=RETRY_AFTER_SECONDS)
+    try:
+        return _analyze(hub, plan)
+    finally:
+        _RUNNING.release()
+
+
+def _analyze(hub: Hub, plan: MergePlan) -> dict:
     from hub.merge import SourceSpec
     from hub.merge.analyze import analyze
 
     cache = SourceCache(hub.store, hub.settings.worker_cache_dir, hub.settings.worker_cache_bytes)
     work = Path(tempfile.mkdtemp(prefix="analyze-", dir=hub.settings.data_dir / "tmp"))
-    contexts = []
+    sources = [[CachedFile(path, s.file(path).blob_key, s.file(path).sha256, s.file(path).size)
+                for path in ADAPTER_FILES] for s in plan.sources]
     try:
-        specs = []
-        for index, source in enumerate(plan.sources):
-            files = [CachedFile(path, source.file(path).blob_key, source.file(path).sha256,
-                                source.file(path).size) for path in SOURCE_FILES]
-            context = cache.folder(files, work / f"source-{index}")
-            specs.append(SourceSpec(context.__enter__(), source.weight, source.label))
-            contexts.append(context)
-        # The web process merges nothing: its analyses run on the CPU.
-        return analyze(specs, [source.label for source in plan.sources], device="cpu")
+        with cache.folders(sources, work) as folders:
+            specs = [SourceSpec(folder, s.weight, s.label)
+                     for folder, s in zip(folders, plan.sources)]
+            # The web process merges nothing: its analyses run on the CPU.
+            return analyze(specs, [s.label for s in plan.sources], device="cpu")
     finally:
-        for context in reversed(contexts):
-            context.__exit__(None, None, None)
         shutil.rmtree(work, ignore_errors=True)

@@ -19,7 +19,9 @@ from hub.errors import IncompatibleAdapters, InvalidMerge, InvalidRequest
 from hub.licenses import DerivedLicense, SourceLicense, derive_license
 from hub.merge import ENGINE_VERSION
 from hub.merge.compat import check_delta_shapes, check_together, union_modules
-from hub.merge.spec import DENSE_METHODS, MergeSpec
+from hub.formats import CONFIG_FILE, WEIGHTS_FILE
+from hub.formats.rules import MERGE_DTYPES
+from hub.merge.spec import DENSE_METHODS, MergeSpec, output_dtype
 from hub.models import Adapter, Version
 from hub.services.accounts import Principal
 from hub.services.catalog import get_version
@@ -30,7 +32,6 @@ SPEC_FIELDS = {"sources", "method", "rank", "density", "majority_sign_method", "
                "output", "dtype", "analyze"}
 SOURCE_FIELDS = {"adapter", "version", "weight"}
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
-_SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
 
 
 @dataclass(frozen=True)
@@ -133,10 +134,13 @@ def _parse_source(index: int, raw: object) -> SourceRef:
     if not isinstance(version, str) or not version:
         raise InvalidMerge(f"{where}.version must be a version label or 'latest'")
     weight = raw.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
-            or not math.isfinite(weight):
-        raise InvalidMerge(f"{where}.weight must be a finite number, got {weight!r}")
-    return SourceRef(owner, name, version, float(weight))
+    try:
+        value = float(weight) if not isinstance(weight, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        value = math.nan
+    if not isinstance(weight, (int, float)) or not math.isfinite(value):
+        raise InvalidMerge(f"{where}.weight must be a finite number, got {str(weight)[:40]}")
+    return SourceRef(owner, name, version, value)
 
 
 def plan_merge(session: Session, store: BlobStore, settings: Settings,
@@ -144,7 +148,7 @@ def plan_merge(session: Session, store: BlobStore, settings: Settings,
     """Resolve, check and size a merge, or raise the error the merge would get."""
     _check_limits(settings, request)
     sources = [_resolve(session, store, principal, ref) for ref in request.sources]
-    shapes = [source_shapes(s.label, s.version, s.layout) for s in sources]
+    shapes = [source_shapes(s.label, s.layout) for s in sources]
     check_together(shapes)
     modules = union_modules(shapes)
     if request.spec.output == "delta":
@@ -203,19 +207,17 @@ def _derive(principal: Principal | None,
     return derived, reasons
 
 
-def output_dtype(spec: MergeSpec, sources: list[PlannedSource]) -> str:
-    """The engine's choice: the asked dtype, else the sources' one float dtype, else float32."""
-    if spec.dtype is not None:
-        return spec.dtype
-    found = {_SAFETENSORS_DTYPES.get(d, "float32") for s in sources for d in s.layout["dtypes"]}
-    return found.pop() if len(found) == 1 else "float32"
+def planned_dtype(spec: MergeSpec, sources: list[PlannedSource]) -> str:
+    """The output dtype the engine will choose (hub.merge.spec.output_dtype)."""
+    return output_dtype(spec.dtype, {MERGE_DTYPES[dtype] for source in sources
+                                     for dtype in source.layout["dtypes"]})
 
 
 def _output_bytes(spec: MergeSpec, sources: list[PlannedSource],
                   modules: dict[str, list[int]]) -> int:
     """An upper bound of the output's tensor bytes (a linear merge's numerical rank can be
     lower than the sources' total rank)."""
-    itemsize = _ITEMSIZE[output_dtype(spec, sources)]
+    itemsize = _ITEMSIZE[planned_dtype(spec, sources)]
     total = 0
     for name, indices in modules.items():
         module = sources[indices[0]].layout["modules"][name]
@@ -230,15 +232,17 @@ def _output_bytes(spec: MergeSpec, sources: list[PlannedSource],
 
 
 def canonical_spec(plan: MergePlan) -> dict:
-    """What decides a merge's bytes: the sources' digests and weights, the method's
-    parameters that apply to it, the output, the dtype and the engine's version."""
+    """What decides a merge's result: the sources (their versions: the model card and the
+    report name them, with their licences; their digests: the bytes) and weights, the
+    method's parameters that apply to it, the output, the dtype and the engine's version."""
     spec = plan.request.spec
     method = spec.canonical_method
     dense = method in DENSE_METHODS
     return {
         "engine": ENGINE_VERSION,
-        "sources": [{"weights": s.file("adapter_model.safetensors").sha256,
-                     "config": s.file("adapter_config.json").sha256, "weight": s.weight}
+        "sources": [{"version": s.version.id,
+                     "weights": s.file(WEIGHTS_FILE).sha256,
+                     "config": s.file(CONFIG_FILE).sha256, "weight": s.weight}
                     for s in plan.sources],
         "method": method,
         "rank": spec.rank,
@@ -248,7 +252,7 @@ def canonical_spec(plan: MergePlan) -> dict:
         # DARE draws its masks and a dense truncation its sketch from the seed.
         "seed": spec.seed if dense else None,
         "output": spec.output,
-        "dtype": output_dtype(spec, plan.sources),
+        "dtype": planned_dtype(spec, plan.sources),
     }
 
 
@@ -270,13 +274,13 @@ def plan_view(plan: MergePlan) -> dict:
     return {
         "sources": [{"adapter": f"{s.adapter.owner.name}/{s.adapter.name}",
                      "version": s.version.label,
-                     "sha256": s.file("adapter_model.safetensors").sha256,
+                     "sha256": s.file(WEIGHTS_FILE).sha256,
                      "weight": s.weight, "license": s.version.license} for s in plan.sources],
         "license": {**plan.license.to_dict(), "reasons": plan.reasons},
         "modules": plan.modules,
         "output_bytes": plan.output_bytes,
         "source_bytes": plan.source_bytes,
-        "dtype": output_dtype(plan.request.spec, plan.sources),
+        "dtype": planned_dtype(plan.request.spec, plan.sources),
         "spec": request_view(plan.request, plan),
         "cache_key": plan.cache_key,
     }

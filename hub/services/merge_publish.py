@@ -3,18 +3,20 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
+from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
 from hub.errors import InvalidMerge, InvalidRequest, LicenseForbidsMerge, MergeExpired
 from hub.formats import ALLOWED_FILES
 from hub.licenses import SourceLicense, derive_license
-from hub.models import utcnow
+from hub.models import Merge, utcnow
 from hub.services.access import require_owner
 from hub.services.accounts import Principal
 from hub.services.merges import get_merge, is_expired
-from hub.services.names import Metadata, check_adapter_name, check_user_name
+from hub.services.names import check_adapter_name, check_user_name, parse_metadata
 from hub.services.publish import LicenseChoice, PublishResult, Upload, publish_version
 from hub.storage import BlobStore
 
@@ -44,8 +46,12 @@ def publish_merge(session: Session, store: BlobStore, tmp_dir: Path,
         raise InvalidMerge("A dense delta is not an adapter PEFT loads: publish a merge made"
                            " with output lora.")
     choice = _license(merge, owner, body.get("license_link"))
-    metadata = Metadata(description=body.get("description"),
-                        visibility=body.get("visibility"))
+    metadata = parse_metadata({key: body[key] for key in ("description", "visibility")
+                               if body.get(key) is not None})
+    if metadata.visibility is None and any(
+            s.version.adapter.visibility != "public" for s in merge.sources):
+        # A merge of a private adapter names it (parents, model card): private unless asked.
+        metadata = replace(metadata, visibility="private")
     work = Path(tempfile.mkdtemp(prefix=f"publish-{merge.id}-", dir=tmp_dir))
     try:
         uploads = [_fetch(store, file, work) for file in merge.files
@@ -55,10 +61,17 @@ def publish_merge(session: Session, store: BlobStore, tmp_dir: Path,
                                  choice, metadata, parents)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    merge.published_version_id = result.version.id
-    merge.expires_at = None  # the version holds its blobs now; the merge keeps serving them
-    merge.finished_at = merge.finished_at or utcnow()
-    session.flush()
+    # The version holds its blobs now, and the merge keeps serving them: no expiry. Unless
+    # gc expired it while the files were copied (then nothing of this publish is kept).
+    kept = session.execute(
+        update(Merge).where(Merge.id == merge.id,
+                            or_(Merge.expires_at.is_(None), Merge.expires_at > utcnow()))
+        .values(published_version_id=result.version.id, expires_at=None)
+        .execution_options(synchronize_session=False)).rowcount
+    if not kept:
+        raise MergeExpired(f"The result of merge {merge.id} expired while it was being"
+                           " published; send the merge again.")
+    session.refresh(merge)
     return result
 
 

@@ -28,11 +28,11 @@ from hub.runtime import Hub
 from hub.services.blobs import lock_blobs
 from hub.services.merges import ARCHIVE_NAME, expiry
 from hub.services.model_card import merge_card
-from hub.services.source_cache import CachedFile, SourceCache
+from hub.formats import WEIGHTS_FILE
+from hub.services.source_cache import ADAPTER_FILES, CachedFile, SourceCache
 from hub.storage import blob_key
 
 log = logging.getLogger("hub.merge_run")
-SOURCE_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 class ClaimLost(Exception):
@@ -64,10 +64,10 @@ class MergeRunner:
         """Claim and run `merge_id`; its final status, or None when it was not ours to run."""
         if not self._claim(merge_id):
             return None
-        job = self._load(merge_id)
         beat = _Heartbeat(self, merge_id)
         beat.start()
         try:
+            job = self._load(merge_id)
             files, report, device = self._merge(job, beat)
             return self._succeed(job, files, report, device)
         except ClaimLost:
@@ -109,9 +109,9 @@ class MergeRunner:
                     "owner": version.adapter.owner.name, "version": version.label,
                     "weight": source.weight, "license": version.license,
                     "license_name": version.license_name, "license_link": version.license_link,
-                    "sha256": files["adapter_model.safetensors"].sha256,
+                    "sha256": files[WEIGHTS_FILE].sha256,
                     "files": [CachedFile(path, files[path].blob_key, files[path].sha256,
-                                         files[path].size) for path in SOURCE_FILES]})
+                                         files[path].size) for path in ADAPTER_FILES]})
             base = next((s.version.base_model for s in merge.sources if s.version.base_model),
                         None)
             return _Job(merge.id, dict(merge.spec), sources, base, dict(merge.license))
@@ -122,7 +122,7 @@ class MergeRunner:
         spec = job.spec
         work = self._work_folder(job.merge_id)
         try:
-            with _source_folders(self.cache, job, work) as folders:
+            with self.cache.folders([s["files"] for s in job.sources], work) as folders:
                 specs = [SourceSpec(folder, s["weight"], f"{s['adapter']}@{s['version']}")
                          for folder, s in zip(folders, job.sources)]
                 engine_spec = MergeSpec(
@@ -142,7 +142,7 @@ class MergeRunner:
             _name_sources(report, job)
             (out / "merge_report.json").write_text(_dumps(report))
             (out / "README.md").write_text(merge_card(
-                merge_id=job.merge_id, base_model=job.base_model, license_=job.license,
+                base_model=job.base_model, license_=job.license,
                 spec=spec, sources=job.sources, report=report))
             files = sorted((path.name, path) for path in out.iterdir())
             archive = work / ARCHIVE_NAME
@@ -183,9 +183,13 @@ class MergeRunner:
             if any(self.hub.store.size(blob_key(sha)) != size for _, (sha, size) in files):
                 raise StorageUnavailable("a result blob vanished from the store before the"
                                          " merge was recorded")
-            merge = session.get(Merge, job.merge_id)
+            # Locked to the commit: a sweep, a cancel or another worker's claim that comes
+            # after this check waits for it and then sees the merge succeeded.
+            merge = session.get(Merge, job.merge_id, with_for_update=True,
+                                populate_existing=True)
             if merge.status != "running" or merge.worker != self.worker:
                 raise ClaimLost(job.merge_id)
+            merge.error_code = merge.error_detail = None
             merge.status, merge.progress = "succeeded", 1.0
             merge.finished_at, merge.heartbeat_at = now, now
             merge.expires_at = expiry(now, self.hub.settings)
@@ -259,31 +263,6 @@ class _Heartbeat:
             self.lost.set()
         elif row[0]:
             self.cancelled.set()
-
-
-class _source_folders:
-    """Each source as a folder of links to its cached files, for the merge's duration."""
-
-    def __init__(self, cache: SourceCache, job: _Job, work: Path) -> None:
-        self.cache, self.job, self.work = cache, job, work
-        self._contexts: list = []
-
-    def __enter__(self) -> list[Path]:
-        folders = []
-        try:
-            for index, source in enumerate(self.job.sources):
-                context = self.cache.folder(source["files"], self.work / f"source-{index}")
-                folders.append(context.__enter__())
-                self._contexts.append(context)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return folders
-
-    def __exit__(self, *exc) -> None:
-        for context in reversed(self._contexts):
-            context.__exit__(None, None, None)
-        self._contexts.clear()
 
 
 def _engine_device(device: str) -> str:

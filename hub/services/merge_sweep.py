@@ -49,10 +49,17 @@ def sweep_stale(session: Session, settings: Settings) -> list[str]:
     return requeued
 
 
-def unsent(session: Session, settings: Settings) -> list[str]:
-    """Queued merges that no queue took (the broker was down at submit), or that waited
-    long after being sent (a lost message): to be sent again, oldest first."""
-    cutoff = utcnow() - timedelta(seconds=max(settings.stale_seconds, 60.0) * 5)
+#: A message not taken by then is taken as lost (a broker restarted without its data): the
+#: broker hands an unacknowledged message out again after this long anyway (Celery's
+#: visibility timeout, hub.jobs.celery_queue), so a merge that only waits in a long queue
+#: is not sent twice.
+MESSAGE_LOST_SECONDS = 6 * 3600
+
+
+def unsent(session: Session) -> list[str]:
+    """Queued merges that no queue took (the broker was down at submit), or whose message
+    is taken as lost: to be sent again, oldest first."""
+    cutoff = utcnow() - timedelta(seconds=MESSAGE_LOST_SECONDS)
     return list(session.scalars(
         select(Merge.id).where(Merge.status == "queued",
                                or_(Merge.enqueued_at.is_(None), Merge.enqueued_at < cutoff))

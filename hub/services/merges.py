@@ -41,7 +41,8 @@ def request_merge(session: Session, store: BlobStore, settings: Settings,
     now = utcnow()
     mine = session.scalar(
         _merge_query().where(Merge.cache_key == key, Merge.requester_id == principal.user_id,
-                             Merge.status.in_(ACTIVE_STATUSES + ("succeeded",)))
+                             Merge.status.in_(ACTIVE_STATUSES + ("succeeded",)),
+                             Merge.cancel_requested.is_(False))
         .order_by(Merge.created_at.desc()).limit(1))
     if mine is not None and not is_expired(mine, now):
         return mine, False
@@ -174,7 +175,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         if not isinstance(last_id, str) or len(last_id) > 32 or not isinstance(created, str):
             raise ValueError("bad cursor")
         return datetime.fromisoformat(created), last_id
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise InvalidRequest("'cursor' is not valid; use the next_cursor of the previous"
                              " page.") from None
 
@@ -184,6 +185,7 @@ def cancel_merge(session: Session, principal: Principal | None, merge_id: str) -
 
     A merge that already ended is returned as it is.
     """
+    require_writer(principal)
     merge = get_merge(session, principal, merge_id)
     now = utcnow()
     # Atomic against a worker's claim: exactly one of the two changes a queued row.

@@ -6,7 +6,7 @@ import yaml
 from hub.licenses import get_license
 
 
-def merge_card(*, merge_id: str, base_model: str | None, license_: dict, spec: dict,
+def merge_card(*, base_model: str | None, license_: dict, spec: dict,
                sources: list[dict], report: dict) -> str:
     """The model card: front matter (base_model, library_name, license, tags) and the
     sources (owner/name@version, sha256, weight, licence), method, parameters, energy kept
@@ -26,7 +26,7 @@ def merge_card(*, merge_id: str, base_model: str | None, license_: dict, spec: d
             front["license_link"] = license_["license_link"]
     front["tags"] = ["lora", "merge", "lorastack"]
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---",
-             "", f"# Merge {merge_id}", "",
+             "", f"# Merge of {', '.join(src['adapter'] for src in sources)}", "",
              f"A {spec['method']} merge of {len(sources)} LoRA adapter"
              f"{'s' if len(sources) != 1 else ''}"
              + (f" for `{base_model}`" if base_model else "") + ", made by lorastack.", "",
@@ -36,8 +36,10 @@ def merge_card(*, merge_id: str, base_model: str | None, license_: dict, spec: d
         lines.append(f"| {source['adapter']} | {source['version']} | {source['weight']:g} |"
                      f" {_license_label(source)} | `{source['sha256']}` |")
     lines += ["", "## Method", "", f"- method: `{spec['method']}`"]
+    dense = spec["method"] not in ("linear", "svd", "cat")
     for key in ("rank", "density", "majority_sign_method", "seed", "output", "dtype"):
-        if spec.get(key) is not None:
+        # Only what shaped the result: a linear merge draws nothing from a seed.
+        if spec.get(key) is not None and (dense or key not in ("majority_sign_method", "seed")):
             lines.append(f"- {key}: `{spec[key]}`")
     kept = report.get("energy_kept_min")
     if kept is not None:

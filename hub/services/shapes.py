@@ -48,7 +48,7 @@ def adapter_detail(adapter: Adapter, viewer: Principal | None = None) -> dict:
 
 def version_view(version: Version, adapter: Adapter | None = None,
                  viewer: Principal | None = None) -> dict:
-    """Version; `children` lists the merged versions `viewer` may see."""
+    """Version; its lineage (`parents`, `children`) lists only what `viewer` may see."""
     adapter = adapter or version.adapter
     view = {
         "adapter": f"{adapter.owner.name}/{adapter.name}",
@@ -70,7 +70,7 @@ def version_view(version: Version, adapter: Adapter | None = None,
         "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in version.files],
         "parents": [{"adapter": f"{p.parent.adapter.owner.name}/{p.parent.adapter.name}",
                      "version": p.parent.label, "weight": p.weight}
-                    for p in version.parents],
+                    for p in version.parents if can_see(viewer, p.parent.adapter)],
         "children": [{"adapter": f"{c.child.adapter.owner.name}/{c.child.adapter.name}",
                       "version": c.child.label}
                      for c in version.children if can_see(viewer, c.child.adapter)],

@@ -3,8 +3,8 @@
 From a store with local paths (the embedded default) nothing is copied: the merge reads
 the blobs where they are. From S3 each blob is downloaded once into the cache folder,
 verified against its digest, and kept while the cache stays within its byte budget
-(least recently used first out). A merge sees each source as a folder of symbolic links
-named as PEFT names the files.
+(least recently used first out). A merge sees each source as a folder of links named as
+PEFT names the files.
 """
 from __future__ import annotations
 
@@ -13,15 +13,18 @@ import os
 import shutil
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from hub.errors import StorageUnavailable
+from hub.formats import CONFIG_FILE, WEIGHTS_FILE
 from hub.storage import BlobStore
 
 CHUNK = 4 << 20
+#: What the engine reads of a source: PEFT's config and weights.
+ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,13 @@ class SourceCache:
         self._in_use: dict[str, int] = {}
 
     @contextmanager
+    def folders(self, sources: list[list[CachedFile]], work: Path) -> Iterator[list[Path]]:
+        """One folder per source under `work` (source-0, source-1, ...), for the block."""
+        with ExitStack() as stack:
+            yield [stack.enter_context(self.folder(files, work / f"source-{index}"))
+                   for index, files in enumerate(sources)]
+
+    @contextmanager
     def folder(self, files: list[CachedFile], where: Path) -> Iterator[Path]:
         """`where` holding links to the files' local copies, for the block's duration."""
         where.mkdir(parents=True, exist_ok=False)
@@ -54,7 +64,7 @@ class SourceCache:
                 self._in_use[digest] = self._in_use.get(digest, 0) + 1
         try:
             for file in files:
-                os.symlink(self._local(file), where / file.path)
+                self._place(file, where / file.path)
             self._evict()
             yield where
         finally:
@@ -65,10 +75,16 @@ class SourceCache:
                         del self._in_use[digest]
             shutil.rmtree(where, ignore_errors=True)
 
-    def _local(self, file: CachedFile) -> Path:
+    def _place(self, file: CachedFile, target: Path) -> None:
         local = self.store.local_path(file.blob_key)
         if local is not None:
-            return local
+            os.symlink(local, target)
+            return
+        # A hard link, not a symbolic one: another process's eviction then only drops the
+        # cache's name, and this merge keeps its bytes until it is done.
+        os.link(self._fetch(file), target)
+
+    def _fetch(self, file: CachedFile) -> Path:
         target = self.root / file.sha256[:2] / file.sha256
         if target.exists() and target.stat().st_size == file.size:
             os.utime(target)  # most recently used

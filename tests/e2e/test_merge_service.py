@@ -305,3 +305,74 @@ def test_plan_analysis_shows_how_the_sources_pull_together(client, two_adapters)
     # Norms are of the weighted updates: a and -a cancel, what is left is 0.5 b.
     assert analysis["summary"]["merged_norm"] == pytest.approx(
         analysis["sources"][2]["norm"], rel=1e-6)
+
+
+def test_the_cache_is_shared_only_between_merges_of_the_same_versions(client, make_user,
+                                                                      lora_dir):
+    alice = make_user("alice")
+    publish(client, alice, "alice/a", "1", lora_dir)
+    publish(client, alice, "alice/copy", "1", lora_dir, license="mit")  # the same bytes
+    first = wait(client, alice, client.post("/api/v1/merges", headers=auth(alice), json=spec(
+        ("alice/a", "1", 1), rank=2)).get_json()["id"])
+    bob = make_user("bob")
+    other = client.post("/api/v1/merges", headers=auth(bob),
+                        json=spec(("alice/copy", "1", 1), rank=2)).get_json()
+    # Another version (another name, another licence) is another model card: not a copy.
+    done = wait(client, bob, other["id"])
+    assert done["attempts"] == 1 and done["status"] == "succeeded"
+    card = fetch(client, f"/api/v1/merges/{done['id']}/files/README.md", bob)[1].decode()
+    assert "alice/copy" in card and "alice/a " not in card and first["id"] not in card
+
+
+def test_bad_merge_input_is_a_clear_400_never_a_500(client, make_user, two_adapters):
+    token = two_adapters
+    for body, code in ((spec(("alice/a", "1.0", 10**400)), "invalid_merge"),
+                       (spec(("alice/a", "1.0", "1")), "invalid_merge"),
+                       (spec(("alice/a", "1.0", 1), method="ties", density=10**400),
+                        "invalid_merge"),
+                       (spec(("alice/a", "1.0", 1), seed=2**64), "invalid_merge"),
+                       (spec(("alice/a", "1.0", 1), rank="4"), "invalid_merge"),
+                       ({"sources": "alice/a"}, "invalid_merge"),
+                       ([1, 2], "invalid_request")):
+        assert_problem(client.post("/api/v1/merges", headers=auth(token), json=body), 400, code)
+    deep = __import__("base64").urlsafe_b64encode(b"[" * 5000).decode()
+    assert_problem(client.get("/api/v1/merges", headers=auth(token),
+                              query_string={"cursor": deep}), 400, "invalid_request")
+    assert_problem(client.get("/api/v1/adapters", query_string={"cursor": deep}), 400,
+                   "invalid_request")
+    reader = make_user("alice", scope="read")
+    merge = client.post("/api/v1/merges", headers=auth(token),
+                        json=spec(("alice/a", "1.0", 1), rank=3)).get_json()
+    assert_problem(client.delete(f"/api/v1/merges/{merge['id']}", headers=auth(reader)), 403,
+                   "forbidden")
+    assert_problem(client.post("/api/v1/merges/plan", headers=auth(reader),
+                               json={**spec(("alice/a", "1.0", 1)), "analyze": True}),
+                   403, "forbidden")
+    done = wait(client, token, merge["id"])
+    for publish_body in ({"adapter": "alice/m", "version": "1", "visibility": "Public"},
+                         {"adapter": "alice/m", "version": "1", "description": 5},
+                         {"adapter": "alice/m", "version": "1", "colour": "red"},
+                         {"adapter": "alice", "version": "1"}):
+        assert_problem(client.post(f"/api/v1/merges/{done['id']}/publish", headers=auth(token),
+                                   json=publish_body), 400, "invalid_request")
+
+
+def test_a_merge_of_a_private_adapter_publishes_private_and_lineage_hides_it(
+        client, make_user, lora_dir, other_lora_dir):
+    alice = make_user("alice")
+    publish(client, alice, "alice/secret", "1", lora_dir, metadata={"visibility": "private"})
+    publish(client, alice, "alice/open", "1", other_lora_dir)
+    done = wait(client, alice, client.post("/api/v1/merges", headers=auth(alice), json=spec(
+        ("alice/secret", "1", 1), ("alice/open", "1", 1), rank=4)).get_json()["id"])
+    first = client.post(f"/api/v1/merges/{done['id']}/publish", headers=auth(alice),
+                        json={"adapter": "alice/mix", "version": "1"})
+    assert first.status_code == 201, first.get_json()
+    assert client.get("/api/v1/adapters/alice/mix").status_code == 404  # private by default
+    shown = client.post(f"/api/v1/merges/{done['id']}/publish", headers=auth(alice),
+                        json={"adapter": "alice/mix-public", "version": "1",
+                              "visibility": "public"})
+    assert shown.status_code == 201, shown.get_json()
+    seen = client.get("/api/v1/adapters/alice/mix-public/versions/1").get_json()
+    assert seen["parents"] == [{"adapter": "alice/open", "version": "1", "weight": 1.0}]
+    own = client.get("/api/v1/adapters/alice/mix-public/versions/1", headers=auth(alice))
+    assert len(own.get_json()["parents"]) == 2
