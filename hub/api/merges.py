@@ -44,7 +44,7 @@ def create_merge():
     with hub.db.session() as session:
         merge, created = merges.request_merge(session, hub.store, hub.settings,
                                               current_principal(), merge_request)
-        body = merge_view(merge)
+        body = merge_view(merge, queue_position=merges.queue_position(session, merge))
     if created and body["status"] == "queued":
         hub.submit_merge(body["id"])
     return jsonify(body), (202 if created else 200)
@@ -56,14 +56,16 @@ def list_merges():
     limit, cursor = merges.parse_limit(request.args)
     with current_hub().db.session() as session:
         rows, next_cursor = merges.list_merges(session, current_principal(), limit, cursor)
-        return jsonify({"items": [merge_view(row) for row in rows], "next_cursor": next_cursor})
+        return jsonify({"items": [merge_view(row, queue_position=merges.queue_position(
+            session, row)) for row in rows], "next_cursor": next_cursor})
 
 
 @api_v1.get("/merges/<merge_id>")
 def get_merge(merge_id: str):
     """One merge: status, progress, device, times, error, licence, files, report."""
     with current_hub().db.session() as session:
-        return jsonify(merge_view(merges.get_merge(session, current_principal(), merge_id)))
+        merge = merges.get_merge(session, current_principal(), merge_id)
+        return jsonify(merge_view(merge, queue_position=merges.queue_position(session, merge)))
 
 
 @api_v1.delete("/merges/<merge_id>")

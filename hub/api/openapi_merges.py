@@ -109,6 +109,7 @@ def merge_schemas() -> dict:
     merge = obj({
         "id": string(), "status": string(enum=["queued", "running", "succeeded", "failed",
                                                   "cancelled"]),
+        "queue_position": nullable({"type": "integer", "minimum": 1}),
         "progress": {"type": "number", "minimum": 0, "maximum": 1},
         "modules": {"type": "integer"}, "spec": {"type": "object"},
         **{key: nullable(string(format="date-time")) for key in (

@@ -105,7 +105,8 @@ class MergeProgress:
         now = self.clock() if now is None else now
         head = f"merge {self.merge_id}"
         if merge["status"] == "queued":
-            return f"{head} queued (position unknown)"
+            position = merge.get("queue_position")
+            return f"{head} queued" + (f", {position} in line" if position else "")
         fraction = min(max(float(merge.get("progress") or 0.0), 0.0), 1.0)
         if self.origin is None:
             self.origin = (now, fraction)

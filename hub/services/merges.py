@@ -180,6 +180,17 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
                              " page.") from None
 
 
+def queue_position(session: Session, merge: Merge) -> int | None:
+    """A queued merge's place in line (1: next to run), oldest first as workers take them."""
+    if merge.status != "queued":
+        return None
+    ahead = session.scalar(select(func.count()).select_from(Merge).where(
+        Merge.status == "queued",
+        or_(Merge.created_at < merge.created_at,
+            and_(Merge.created_at == merge.created_at, Merge.id < merge.id))))
+    return ahead + 1
+
+
 def cancel_merge(session: Session, principal: Principal | None, merge_id: str) -> Merge:
     """Cancel a queued merge at once; ask a running one's worker to stop between modules.
 

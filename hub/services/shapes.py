@@ -81,13 +81,15 @@ def version_view(version: Version, adapter: Adapter | None = None,
     return view
 
 
-def merge_view(merge: Merge, now: datetime | None = None) -> dict:
-    """Merge."""
+def merge_view(merge: Merge, now: datetime | None = None,
+               queue_position: int | None = None) -> dict:
+    """Merge; `queue_position` is a queued merge's place in line."""
     expired = merge.expires_at is not None and merge.expires_at <= (now or utcnow())
     served = merge.status == "succeeded" and not expired
     view = {
         "id": merge.id,
         "status": merge.status,
+        "queue_position": queue_position,
         "progress": round(merge.progress, 4),
         "modules": merge.modules_total,
         "spec": merge.spec,

@@ -264,6 +264,9 @@ def test_cancel_a_queued_merge_and_the_active_limit(app, client, settings, two_a
                           json=spec(("alice/a", "1.0", 1), rank=99))
     assert_problem(limited, 429, "rate_limited")
     assert int(limited.headers["Retry-After"]) > 0
+    # Oldest first: each queued merge knows its place in line.
+    assert [client.get(f"/api/v1/merges/{merge_id}", headers=auth(token)).get_json()[
+        "queue_position"] for merge_id in ids] == list(range(1, len(ids) + 1))
     cancelled = client.delete(f"/api/v1/merges/{ids[0]}", headers=auth(token)).get_json()
     assert cancelled["status"] == "cancelled"
     assert cancelled["error"]["code"] == "merge_cancelled"

@@ -37,7 +37,7 @@ def test_no_progress_is_drawn_when_stderr_is_not_a_terminal(capsys):
 def test_the_wait_line_shows_queued_then_modules_done_and_time_left(capsys):
     now = [100.0]
     bar = MergeProgress("m1", enabled=True, clock=lambda: now[0])
-    bar.update({"status": "queued", "progress": 0.0, "modules": 64})
+    bar.update({"status": "queued", "queue_position": 3, "progress": 0.0, "modules": 64})
     now[0] = 130.0  # half a minute queued: not counted against the merge's speed
     bar.update({"status": "running", "progress": 0.0, "modules": 64})
     now[0] = 131.0
@@ -48,7 +48,7 @@ def test_the_wait_line_shows_queued_then_modules_done_and_time_left(capsys):
     bar.finish()
     drawn = capsys.readouterr().err.split("\r")[1:]
     assert [line.rstrip() for line in drawn] == [
-        "merge m1 queued (position unknown)",
+        "merge m1 queued, 3 in line",
         "merge m1 running: 0/64 modules   0%",
         "merge m1 running: 8/64 modules  12%",
         "merge m1 running: 16/64 modules  25%, about 30s left"]
