@@ -216,7 +216,7 @@ def test_health_names_the_failing_store(settings, make_user):
     body = response.get_json()
     assert body["storage"] == "unavailable" and body["database"] == "ok"
     assert body["code"] == "storage_unavailable"
-    app.extensions["lorastack"].db.dispose()
+    app.extensions["lorastack"].close()
 
 
 def test_a_database_that_is_down_gives_503_not_500(tmp_path):
@@ -232,7 +232,7 @@ def test_a_database_that_is_down_gives_503_not_500(tmp_path):
     health = client.get("/api/v1/health")
     assert health.status_code == 503 and health.get_json()["database"] == "unavailable"
     assert_problem(client.get("/api/v1/adapters"), 503, "database_unavailable")
-    app.extensions["lorastack"].db.dispose()
+    app.extensions["lorastack"].close()
 
 
 def test_metrics_count_requests_uploads_and_downloads(client, make_user, lora_dir):

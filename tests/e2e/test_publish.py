@@ -234,7 +234,7 @@ def test_upload_over_the_limit_gets_413(settings, make_user, lora_dir):
     token = make_user("alice")
     response = publish(small.test_client(), token, "alice/tiny", "1", lora_dir)
     assert_problem(response, 413, "file_too_large")
-    small.extensions["lorastack"].db.dispose()
+    small.extensions["lorastack"].close()
 
 
 def test_visibility_is_set_when_the_adapter_is_created_only(client, make_user, lora_dir,
