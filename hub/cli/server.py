@@ -141,10 +141,10 @@ def gc(grace_hours: float, dry_run: bool) -> None:
     """Remove blobs that no file row names, after a grace period."""
     from hub.db import Database
     from hub.services.maintenance import collect_garbage, expire_merges
-    from hub.storage import open_store
+    from hub.runtime import open_settings_store
 
     settings = _settings()
-    store = open_store(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url)
+    store = open_settings_store(settings)
     db = Database(settings.database_url)
     try:
         expired = expire_merges(db, dry_run=dry_run)

@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from hub.errors import NotFound, StorageUnavailable
-from hub.storage.base import BlobStore, check_key, check_source
+from hub.storage.base import BlobStore, S3Timeouts, check_key, check_source
 
 MiB = 1024 * 1024
 # S3 allows 10,000 parts per upload; stay below it so a huge file gets bigger parts.
@@ -36,8 +36,7 @@ class S3BlobStore(BlobStore):
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  region: str | None = None, chunk_size: int = 64 * MiB,
-                 max_concurrency: int = 4, connect_timeout: float = 5,
-                 read_timeout: float = 60, max_attempts: int = 3) -> None:
+                 max_concurrency: int = 4, timeouts: S3Timeouts = S3Timeouts()) -> None:
         if not bucket:
             raise ValueError("an S3 store needs a bucket: s3://bucket/prefix")
         self.bucket = bucket
@@ -47,15 +46,20 @@ class S3BlobStore(BlobStore):
         self.max_concurrency = max_concurrency
         self._region = region
         self._client_config = Config(
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=timeouts.connect,
+            read_timeout=timeouts.read,
+            retries={"max_attempts": timeouts.max_attempts, "mode": "standard"},
             signature_version="s3v4",
             # MinIO, Ceph and moto serve buckets by path, not by virtual host.
             s3={"addressing_style": "path"} if self.endpoint_url else {},
             max_pool_connections=max(10, max_concurrency * 2),
         )
+        # The health check tries once: a probe that retries a hung store only delays the
+        # answer that it is down.
+        self._probe_config = self._client_config.merge(
+            Config(retries={"max_attempts": 1, "mode": "standard"}))
         self._client_obj = None
+        self._probe_obj = None
         self._lock = threading.Lock()
         self._bucket_verified = False
 
@@ -75,13 +79,23 @@ class S3BlobStore(BlobStore):
         if self._client_obj is None:
             with self._lock:
                 if self._client_obj is None:
-                    with self._converting("connect"):
-                        session = boto3.session.Session()
-                        region = self._region or session.region_name or "us-east-1"
-                        self._client_obj = session.client(
-                            "s3", endpoint_url=self.endpoint_url, region_name=region,
-                            config=self._client_config)
+                    self._client_obj = self._new_client(self._client_config)
         return self._client_obj
+
+    @property
+    def _probe(self):
+        if self._probe_obj is None:
+            with self._lock:
+                if self._probe_obj is None:
+                    self._probe_obj = self._new_client(self._probe_config)
+        return self._probe_obj
+
+    def _new_client(self, config: Config):
+        with self._converting("connect"):
+            session = boto3.session.Session()
+            region = self._region or session.region_name or "us-east-1"
+            return session.client("s3", endpoint_url=self.endpoint_url, region_name=region,
+                                  config=config)
 
     def _object_key(self, key: str) -> str:
         check_key(key)
@@ -201,7 +215,7 @@ class S3BlobStore(BlobStore):
     def check(self) -> None:
         """HEAD the bucket: proves the endpoint answers, the bucket exists, we may use it."""
         with self._converting("health check"):
-            self._client.head_bucket(Bucket=self.bucket)
+            self._probe.head_bucket(Bucket=self.bucket)
         self._bucket_verified = True
 
 

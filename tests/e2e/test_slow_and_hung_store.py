@@ -1,4 +1,5 @@
-"""A slow blob store: publishes hold no database connection while they upload."""
+"""A slow or hung blob store: publishes hold no database connection while they upload,
+and a store that never answers costs seconds, not minutes, while database reads go on."""
 from __future__ import annotations
 
 import threading
@@ -7,7 +8,8 @@ from datetime import datetime, timezone
 
 from sqlalchemy import event, text
 
-from tests.e2e.helpers import publish
+from tests.e2e.helpers import assert_problem, publish
+from tests.support.hung_server import hung_endpoint
 
 
 class _ConnectionsByThread:
@@ -79,3 +81,33 @@ def test_a_publish_holds_no_database_connection_while_it_uploads(app, settings, 
     assert response.status_code == 201, response.get_json()
     assert store.seen and all(seen == (0, 0) for seen in store.seen), store.seen
 
+
+def test_a_hung_store_is_503_within_seconds_while_database_reads_answer(
+        settings, client, make_user, lora_dir, moto_endpoint):
+    # moto_endpoint only sets the dummy S3 credentials; the store itself is the hung one.
+    from hub import create_app
+
+    token = make_user("alice")
+    assert publish(client, token, "alice/tiny", "1.0.0", lora_dir).status_code == 201
+    with hung_endpoint() as endpoint:
+        hung = create_app(settings.with_overrides(
+            storage_url="s3://bucket/blobs", s3_endpoint_url=endpoint,
+            s3_connect_timeout=1.0, s3_read_timeout=1.0, s3_max_attempts=2))
+        try:
+            hung_client = hung.test_client()
+            started = time.monotonic()
+            health = hung_client.get("/api/v1/health")
+            assert health.status_code == 503
+            assert health.get_json()["storage"] == "unavailable"
+            assert health.get_json()["code"] == "storage_unavailable"
+            assert_problem(publish(hung_client, token, "alice/tiny", "2.0.0", lora_dir),
+                           503, "storage_unavailable")
+            # A bound against hanging, not a benchmark: the store is given 1 s per try.
+            assert time.monotonic() - started < 30
+            listing = hung_client.get("/api/v1/adapters")
+            assert listing.status_code == 200
+            assert [a["id"] for a in listing.get_json()["items"]] == ["alice/tiny"]
+            version = hung_client.get("/api/v1/adapters/alice/tiny/versions/1.0.0")
+            assert version.status_code == 200 and version.get_json()["version"] == "1.0.0"
+        finally:
+            hung.extensions["lorastack"].close()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import pytest
 import requests
 
 from hub.errors import NotFound, StorageUnavailable
-from hub.storage import BlobStore, blob_key, open_store
+from hub.storage import BlobStore, S3Timeouts, blob_key, open_store
 from hub.storage.local import LocalBlobStore
 from hub.storage.s3 import S3BlobStore
 
+from tests.support.hung_server import hung_endpoint
 from tests.support.moto_server import free_port, s3_client
 
 
@@ -307,12 +309,47 @@ def test_s3_unreachable_endpoint_is_storage_unavailable(moto_endpoint: str,
                                                          tmp_path: Path) -> None:
     # moto_endpoint only sets the dummy credentials; the port below has no server.
     closed = f"http://127.0.0.1:{free_port()}"
-    store = S3BlobStore("bucket", "blobs", endpoint_url=closed, max_attempts=2)
+    store = S3BlobStore("bucket", "blobs", endpoint_url=closed,
+                        timeouts=S3Timeouts(max_attempts=2))
     with pytest.raises(StorageUnavailable) as info:
         store.check()
     assert closed in info.value.detail
     with pytest.raises(StorageUnavailable):
         store.exists(blob_key("3" * 64))
+
+
+@pytest.mark.parametrize("operation", ["check", "exists", "put", "read", "list", "delete"])
+def test_s3_hung_endpoint_fails_within_its_timeouts(moto_endpoint: str, tmp_path: Path,
+                                                    operation: str) -> None:
+    # moto_endpoint only sets the dummy credentials; the endpoint accepts and never answers.
+    path, size, digest = _write(tmp_path / "src.bin", b"data")
+    with hung_endpoint() as endpoint:
+        store = open_store("s3://bucket/blobs", s3_endpoint_url=endpoint,
+                           s3_timeouts=S3Timeouts(connect=1, read=1, max_attempts=2))
+        actions = {
+            "check": store.check,
+            "exists": lambda: store.exists(blob_key(digest)),
+            "put": lambda: store.put_file(blob_key(digest), path, size=size, sha256=digest),
+            "read": lambda: store.open_read(blob_key(digest)),
+            "list": lambda: list(store.iter_blobs()),
+            "delete": lambda: store.delete(blob_key(digest)),
+        }
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable) as info:
+            actions[operation]()
+        # Two attempts of one second each, and botocore's backoff between: far under 30 s
+        # (without timeouts a hung store holds a request for minutes).
+        assert time.monotonic() - started < 30
+    assert info.value.code == "storage_unavailable"
+
+
+def test_s3_timeouts_default_to_seconds_not_minutes() -> None:
+    timeouts = S3Timeouts()
+    assert timeouts.max_attempts * (timeouts.connect + timeouts.read) <= 30
+    store = S3BlobStore("bucket")
+    config = store._client_config
+    assert (config.connect_timeout, config.read_timeout) == (timeouts.connect, timeouts.read)
+    assert config.retries["max_attempts"] == timeouts.max_attempts
 
 
 def test_local_store_links_a_consumed_file_instead_of_copying(tmp_path):
