@@ -36,7 +36,7 @@ class S3BlobStore(BlobStore):
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  region: str | None = None, chunk_size: int = 64 * MiB,
-                 max_concurrency: int = 4, timeouts: S3Timeouts = S3Timeouts()) -> None:
+                 max_concurrency: int = 4, timeouts: S3Timeouts | None = None) -> None:
         if not bucket:
             raise ValueError("an S3 store needs a bucket: s3://bucket/prefix")
         self.bucket = bucket
@@ -45,6 +45,7 @@ class S3BlobStore(BlobStore):
         self.chunk_size = chunk_size
         self.max_concurrency = max_concurrency
         self._region = region
+        timeouts = timeouts or S3Timeouts()
         self._client_config = Config(
             connect_timeout=timeouts.connect,
             read_timeout=timeouts.read,
