@@ -92,6 +92,12 @@ class BlobStore(ABC):
     def iter_blobs(self) -> Iterator[tuple[str, datetime]]:
         """Every stored key with its last-modified time (UTC), for garbage collection."""
 
+    def remove_incomplete_uploads(self, before: datetime, *,
+                                  dry_run: bool = False) -> list[str]:
+        """Discard what writes begun before `before` left unfinished (a crashed process's
+        partial files or multipart uploads); return a description of each."""
+        return []
+
     @abstractmethod
     def check(self) -> None:
         """Raise StorageUnavailable with a useful detail unless the store is usable."""

@@ -208,16 +208,44 @@ class S3BlobStore(BlobStore):
             paginator = self._client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=start):
                 for item in page.get("Contents", ()):
-                    modified = item["LastModified"]
-                    if modified.tzinfo is None:
-                        modified = modified.replace(tzinfo=timezone.utc)
-                    yield item["Key"][len(start):], modified.astimezone(timezone.utc)
+                    yield item["Key"][len(start):], _utc(item["LastModified"])
+
+    def remove_incomplete_uploads(self, before: datetime, *,
+                                  dry_run: bool = False) -> list[str]:
+        """Abort the multipart uploads under the prefix begun before `before`: S3 keeps
+        (and bills) the parts of an upload that was never completed."""
+        start = f"{self.prefix}/" if self.prefix else ""
+        aborted = []
+        with self._converting("list multipart uploads"):
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            stale = [(item["Key"], item["UploadId"])
+                     for page in paginator.paginate(Bucket=self.bucket, Prefix=start)
+                     for item in page.get("Uploads", ())
+                     if _utc(item["Initiated"]) < before]
+        for object_key, upload_id in stale:
+            if not dry_run:
+                with self._converting("abort multipart upload"):
+                    try:
+                        self._client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=object_key, UploadId=upload_id)
+                    except ClientError as exc:
+                        # Completed or aborted by its own writer since the listing.
+                        if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                            raise
+            aborted.append(f"multipart upload {object_key[len(start):]} ({upload_id})")
+        return aborted
 
     def check(self) -> None:
         """HEAD the bucket: proves the endpoint answers, the bucket exists, we may use it."""
         with self._converting("health check"):
             self._probe.head_bucket(Bucket=self.bucket)
         self._bucket_verified = True
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
 
 
 class _BodyReader(io.RawIOBase):

@@ -382,3 +382,40 @@ def test_local_store_copies_when_the_caller_keeps_the_file(tmp_path):
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     store.put_file(blob_key(digest), source, size=10, sha256=digest)
     assert store.local_path(blob_key(digest)).stat().st_ino != source.stat().st_ino
+
+
+def test_s3_multipart_uploads_begun_before_the_cutoff_are_aborted(s3_bucket_url: str,
+                                                                  moto_endpoint: str) -> None:
+    store = open_store(s3_bucket_url, s3_endpoint_url=moto_endpoint)
+    client = s3_client(moto_endpoint)
+    bucket, prefix = s3_bucket_url[len("s3://"):].split("/", 1)
+    key = f"{prefix}/{blob_key('4' * 64)}"
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"part")
+    begun = client.list_multipart_uploads(Bucket=bucket)["Uploads"][0]["Initiated"]
+
+    assert store.remove_incomplete_uploads(begun - timedelta(seconds=1)) == []
+    listed = store.remove_incomplete_uploads(begun + timedelta(seconds=1), dry_run=True)
+    assert listed == [f"multipart upload {blob_key('4' * 64)} ({upload})"]
+    assert len(client.list_multipart_uploads(Bucket=bucket).get("Uploads", ())) == 1
+    assert store.remove_incomplete_uploads(begun + timedelta(seconds=1)) == listed
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_local_partial_blobs_older_than_the_cutoff_are_removed(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'blobs'}")
+    key = _put(store, tmp_path, b"a whole blob")
+    folder = store.local_path(key).parent
+    crashed, writing = folder / ".tmp-crashed", folder / ".tmp-writing"
+    crashed.write_bytes(b"half")
+    writing.write_bytes(b"half")
+    old = (datetime.now(timezone.utc) - timedelta(days=2)).timestamp()
+    os.utime(crashed, (old, old))
+    os.utime(store.local_path(key), (old, old))  # an old blob is not a leftover
+
+    cutoff = datetime.now(timezone.utc) - timedelta(days=1)
+    relative = crashed.relative_to(store.root).as_posix()
+    assert store.remove_incomplete_uploads(cutoff, dry_run=True) == [relative]
+    assert crashed.exists()
+    assert store.remove_incomplete_uploads(cutoff) == [relative]
+    assert not crashed.exists() and writing.exists() and store.exists(key)
