@@ -18,6 +18,12 @@ class Settings:
     database_url: str = ""
     storage_url: str = ""
     s3_endpoint_url: str | None = None
+    # A store that accepts connections and never answers must cost seconds, not minutes:
+    # each S3 request waits at most this long to connect and between two reads (seconds),
+    # and is tried at most `s3_max_attempts` times in all.
+    s3_connect_timeout: float = 5.0
+    s3_read_timeout: float = 10.0
+    s3_max_attempts: int = 2
     queue: str = "inline"
     broker_url: str | None = None
     max_upload_bytes: int = 10 * GiB
@@ -83,13 +89,16 @@ class Settings:
                           ("LORASTACK_MAX_MERGE_RANK", "max_merge_rank"),
                           ("LORASTACK_MAX_MERGE_SOURCE_BYTES", "max_merge_source_bytes"),
                           ("LORASTACK_MAX_ACTIVE_MERGES", "max_active_merges"),
-                          ("LORASTACK_WORKER_CACHE_BYTES", "worker_cache_bytes")):
+                          ("LORASTACK_WORKER_CACHE_BYTES", "worker_cache_bytes"),
+                          ("LORASTACK_S3_MAX_ATTEMPTS", "s3_max_attempts")):
             if env.get(key):
                 values[attr] = _positive_int(key, env[key])
         for key, attr in (("LORASTACK_MERGE_TTL_DAYS", "merge_ttl_days"),
                           ("LORASTACK_HEARTBEAT_SECONDS", "heartbeat_seconds"),
                           ("LORASTACK_STALE_SECONDS", "stale_seconds"),
-                          ("LORASTACK_SWEEP_SECONDS", "sweep_seconds")):
+                          ("LORASTACK_SWEEP_SECONDS", "sweep_seconds"),
+                          ("LORASTACK_S3_CONNECT_TIMEOUT", "s3_connect_timeout"),
+                          ("LORASTACK_S3_READ_TIMEOUT", "s3_read_timeout")):
             if env.get(key):
                 values[attr] = _positive_float(key, env[key])
         values.update(overrides)

@@ -11,7 +11,7 @@ from typing import Any
 
 from hub.config import Settings
 from hub.db import Database
-from hub.storage import BlobStore, open_store
+from hub.storage import BlobStore, S3Timeouts, open_store
 
 EXTENSION_KEY = "lorastack"
 
@@ -41,7 +41,15 @@ class Hub:
 def open_hub(settings: Settings) -> Hub:
     """Connect to the database and the blob store that `settings` name."""
     return Hub(settings=settings, db=Database(settings.database_url),
-               store=open_store(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url))
+               store=open_settings_store(settings))
+
+
+def open_settings_store(settings: Settings) -> BlobStore:
+    """The blob store that `settings` name, with their S3 endpoint and timeouts."""
+    return open_store(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url,
+                      s3_timeouts=S3Timeouts(connect=settings.s3_connect_timeout,
+                                             read=settings.s3_read_timeout,
+                                             max_attempts=settings.s3_max_attempts))
 
 
 def current_hub() -> Hub:

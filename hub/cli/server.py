@@ -135,29 +135,41 @@ def tokens_create(user: str, scope: str) -> None:
 
 @click.command("gc")
 @click.option("--grace-hours", type=float, default=24.0, show_default=True,
-              help="Only remove orphan blobs older than this.")
+              help="Only remove orphan blobs and leftovers older than this.")
 @click.option("--dry-run", is_flag=True, help="List what would be removed.")
 def gc(grace_hours: float, dry_run: bool) -> None:
-    """Remove blobs that no file row names, after a grace period."""
+    """Remove blobs that no file row names, and what crashed uploads and merges left
+    (temporary files under DATA_DIR, unfinished S3 multipart uploads), after a grace period."""
+    from datetime import timedelta
+
     from hub.db import Database
-    from hub.services.maintenance import collect_garbage, expire_merges
-    from hub.storage import open_store
+    from hub.models import utcnow
+    from hub.runtime import open_settings_store
+    from hub.services.maintenance import (collect_garbage, expire_merges,
+                                          remove_stale_work_files)
 
     settings = _settings()
-    store = open_store(settings.storage_url, s3_endpoint_url=settings.s3_endpoint_url)
+    store = open_settings_store(settings)
     db = Database(settings.database_url)
+    before = utcnow() - timedelta(hours=grace_hours)
     try:
         expired = expire_merges(db, dry_run=dry_run)
         for merge_id in expired:
             click.echo(("would expire" if dry_run else "expired") + f" merge {merge_id}")
         removed = collect_garbage(db, store, grace_hours=grace_hours, dry_run=dry_run)
+        aborted = store.remove_incomplete_uploads(before, dry_run=dry_run)
     except HubError as error:
         raise _fail(error) from None
     finally:
         db.dispose()
+    leftovers = remove_stale_work_files(settings.data_dir, before, dry_run=dry_run)
     for key in removed:
         click.echo(("would remove " if dry_run else "removed ") + key)
+    for item in [*aborted, *map(str, leftovers)]:
+        click.echo(("would remove leftover " if dry_run else "removed leftover ") + item)
     click.echo(f"{len(removed)} orphan blob(s) {'found' if dry_run else 'removed'}")
+    click.echo(f"{len(aborted) + len(leftovers)} leftover(s) of unfinished writes"
+               f" {'found' if dry_run else 'removed'}")
 
 
 @click.command("worker")

@@ -1,8 +1,11 @@
-"""Maintenance: expired merge results and garbage-collecting orphan blobs."""
+"""Maintenance: expired merge results, orphan blobs, and what crashed processes left."""
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import delete, exists, or_, select, update
 
@@ -89,3 +92,61 @@ def collect_garbage(db: Database, store: BlobStore, *, grace_hours: float = 24.0
             # time out (30 s).
             time.sleep(min(time.monotonic() - locked, 1.0))
     return removed
+
+
+# What the hub writes under DATA_DIR/tmp: an upload's temporary file, and the work folders
+# of a merge, a merge's publish and a merge plan's analysis. Each is removed by the process
+# that made it, unless that process died first.
+_WORK_PREFIXES = ("upload-", "merge-", "publish-", "analyze-")
+# A source being fetched into the worker cache (DATA_DIR/cache/sources/ab/.fetch-*).
+_FETCH_PREFIX = ".fetch-"
+
+
+def remove_stale_work_files(data_dir: Path, before: datetime, *,
+                            dry_run: bool = False) -> list[Path]:
+    """Remove temporary files and work folders under `data_dir` untouched since `before`
+    (a process killed midway left them); return their paths.
+
+    A live upload, fetch or merge keeps writing, so its newest time stays recent.
+    """
+    data_dir = Path(data_dir)
+    candidates = [path for path in _children(data_dir / "tmp")
+                  if path.name.startswith(_WORK_PREFIXES)]
+    candidates += [path for folder in _children(data_dir / "cache" / "sources")
+                   for path in _children(folder) if path.name.startswith(_FETCH_PREFIX)]
+    cutoff = before.timestamp()
+    removed = []
+    for path in candidates:
+        newest = _newest_mtime(path)
+        if newest is None or newest >= cutoff:
+            continue
+        if not dry_run:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _newest_mtime(path: Path) -> float | None:
+    """The latest modification time of `path` and, for a folder, of anything in it."""
+    try:
+        newest = path.lstat().st_mtime
+    except FileNotFoundError:
+        return None
+    if path.is_dir() and not path.is_symlink():
+        for dirpath, dirnames, filenames in os.walk(path):
+            for name in dirnames + filenames:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+                except FileNotFoundError:
+                    continue
+    return newest

@@ -52,11 +52,14 @@ def publish_merge(session: Session, store: BlobStore, tmp_dir: Path,
             s.version.adapter.visibility != "public" for s in merge.sources):
         # A merge of a private adapter names it (parents, model card): private unless asked.
         metadata = replace(metadata, visibility="private")
+    files = [file for file in merge.files if file.path in ALLOWED_FILES]
+    parents = tuple((source.version_id, source.weight) for source in merge.sources)
+    # Copying the files out of the store can take minutes: hold no transaction meanwhile
+    # (the rows read so far stay loaded; publish_version checks what matters again).
+    session.commit()
     work = Path(tempfile.mkdtemp(prefix=f"publish-{merge.id}-", dir=tmp_dir))
     try:
-        uploads = [_fetch(store, file, work) for file in merge.files
-                   if file.path in ALLOWED_FILES]
-        parents = tuple((source.version_id, source.weight) for source in merge.sources)
+        uploads = [_fetch(store, file, work) for file in files]
         result = publish_version(session, store, principal, owner, name, label, uploads,
                                  choice, metadata, parents)
     finally:

@@ -83,6 +83,8 @@ def publish_version(session: Session, store: BlobStore, principal: Principal | N
     """Publish `uploads` as `owner/name@label`; idempotent for identical files.
 
     `parents`: (version id, weight) of the versions a merged adapter was made from.
+    The session's transaction is committed before the blobs are stored (it has only read
+    so far); a new one then checks again and inserts the rows.
     """
     check_user_name(owner)
     check_adapter_name(name)
@@ -106,7 +108,10 @@ def publish_version(session: Session, store: BlobStore, principal: Principal | N
                            max_header_bytes=16 * 1024 * 1024)
     license_choice = _resolve_license(choice, info)
 
-    # Blobs first: a row must never name bytes that are not stored yet.
+    # Blobs first: a row must never name bytes that are not stored yet. The reads above
+    # end their transaction before the upload, which can take minutes: a connection held
+    # "idle in transaction" meanwhile would be one fewer in the pool for everyone else.
+    session.commit()
     _store(store, uploads)
     for attempt in range(3):
         try:

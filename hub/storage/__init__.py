@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlsplit
 
-from hub.storage.base import BlobStore, blob_key, check_key
+from hub.storage.base import BlobStore, S3Timeouts, blob_key, check_key
 
-__all__ = ["BlobStore", "blob_key", "check_key", "open_store", "STORE_SCHEMES"]
+__all__ = ["BlobStore", "S3Timeouts", "blob_key", "check_key", "open_store", "STORE_SCHEMES"]
 
 
-def _open_local(url: str, *, s3_endpoint_url: str | None = None) -> BlobStore:
+def _open_local(url: str, *, s3_endpoint_url: str | None = None,
+                s3_timeouts: S3Timeouts | None = None) -> BlobStore:
     from hub.storage.local import LocalBlobStore
 
     parts = urlsplit(url)
@@ -25,13 +26,15 @@ def _open_local(url: str, *, s3_endpoint_url: str | None = None) -> BlobStore:
     return LocalBlobStore(Path(unquote(parts.path)))
 
 
-def _open_s3(url: str, *, s3_endpoint_url: str | None = None) -> BlobStore:
+def _open_s3(url: str, *, s3_endpoint_url: str | None = None,
+             s3_timeouts: S3Timeouts | None = None) -> BlobStore:
     from hub.storage.s3 import S3BlobStore
 
     parts = urlsplit(url)
     if not parts.netloc:
         raise ValueError(f"an S3 storage URL names a bucket, like s3://bucket/prefix; got {url!r}")
-    return S3BlobStore(parts.netloc, unquote(parts.path).strip("/"), endpoint_url=s3_endpoint_url)
+    return S3BlobStore(parts.netloc, unquote(parts.path).strip("/"), endpoint_url=s3_endpoint_url,
+                       timeouts=s3_timeouts or S3Timeouts())
 
 
 # The known schemes; a new backend is one more entry (mlflow's artifact registry does the same).
@@ -41,7 +44,8 @@ STORE_SCHEMES: dict[str, Callable[..., BlobStore]] = {
 }
 
 
-def open_store(storage_url: str, *, s3_endpoint_url: str | None = None) -> BlobStore:
+def open_store(storage_url: str, *, s3_endpoint_url: str | None = None,
+               s3_timeouts: S3Timeouts | None = None) -> BlobStore:
     """The blob store for `storage_url`, picked by its scheme; ValueError for an unknown one."""
     scheme = urlsplit(storage_url).scheme.lower() if storage_url else ""
     factory = STORE_SCHEMES.get(scheme)
@@ -49,4 +53,4 @@ def open_store(storage_url: str, *, s3_endpoint_url: str | None = None) -> BlobS
         known = ", ".join(f"{name}://" for name in STORE_SCHEMES)
         raise ValueError(f"unsupported storage URL {storage_url!r}: the scheme must be one of "
                          f"{known}")
-    return factory(storage_url, s3_endpoint_url=s3_endpoint_url)
+    return factory(storage_url, s3_endpoint_url=s3_endpoint_url, s3_timeouts=s3_timeouts)

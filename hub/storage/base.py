@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -32,6 +33,17 @@ def check_source(path: Path, size: int) -> None:
     actual = Path(path).stat().st_size  # FileNotFoundError for a missing source
     if actual != size:
         raise ValueError(f"{path} has {actual} bytes, the caller said {size}")
+
+
+@dataclass(frozen=True)
+class S3Timeouts:
+    """How long one S3 request may wait to connect and between two reads (seconds), and
+    how many times it is tried in all: a store that hangs fails a request within about
+    `max_attempts * (connect + read)` seconds."""
+
+    connect: float = 5.0
+    read: float = 10.0
+    max_attempts: int = 2
 
 
 class BlobStore(ABC):
@@ -79,6 +91,12 @@ class BlobStore(ABC):
     @abstractmethod
     def iter_blobs(self) -> Iterator[tuple[str, datetime]]:
         """Every stored key with its last-modified time (UTC), for garbage collection."""
+
+    def remove_incomplete_uploads(self, before: datetime, *,
+                                  dry_run: bool = False) -> list[str]:
+        """Discard what writes begun before `before` left unfinished (a crashed process's
+        partial files or multipart uploads); return a description of each."""
+        return []
 
     @abstractmethod
     def check(self) -> None:

@@ -127,6 +127,27 @@ class LocalBlobStore(BlobStore):
         except OSError as exc:
             raise StorageUnavailable(f"could not list {self.root}: {exc.strerror or exc}") from exc
 
+    def remove_incomplete_uploads(self, before: datetime, *,
+                                  dry_run: bool = False) -> list[str]:
+        """Remove temporary files older than `before` (a put that crashed midway); a put
+        in progress keeps writing to its file, so its time stays recent."""
+        if not self.root.is_dir():
+            return []
+        removed = []
+        cutoff = before.timestamp()
+        try:
+            for dirpath, _dirnames, filenames in os.walk(self.root):
+                for name in filenames:
+                    full = Path(dirpath) / name
+                    if not name.startswith(_TMP_PREFIX) or not _older(full, cutoff):
+                        continue
+                    if not dry_run:
+                        full.unlink(missing_ok=True)
+                    removed.append(full.relative_to(self.root).as_posix())
+        except OSError as exc:
+            raise StorageUnavailable(f"could not clean {self.root}: {exc.strerror or exc}") from exc
+        return removed
+
     def check(self) -> None:
         """Create the root if needed and prove it is writable."""
         try:
@@ -137,6 +158,13 @@ class LocalBlobStore(BlobStore):
         except OSError as exc:
             raise StorageUnavailable(f"blob folder {self.root} is not writable: "
                                      f"{exc.strerror or exc}") from exc
+
+
+def _older(path: Path, cutoff: float) -> bool:
+    try:
+        return path.stat().st_mtime < cutoff
+    except FileNotFoundError:  # its put finished (or failed) meanwhile
+        return False
 
 
 def _fsync_dir(path: Path) -> None:

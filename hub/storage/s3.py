@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from hub.errors import NotFound, StorageUnavailable
-from hub.storage.base import BlobStore, check_key, check_source
+from hub.storage.base import BlobStore, S3Timeouts, check_key, check_source
 
 MiB = 1024 * 1024
 # S3 allows 10,000 parts per upload; stay below it so a huge file gets bigger parts.
@@ -36,8 +36,7 @@ class S3BlobStore(BlobStore):
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  region: str | None = None, chunk_size: int = 64 * MiB,
-                 max_concurrency: int = 4, connect_timeout: float = 5,
-                 read_timeout: float = 60, max_attempts: int = 3) -> None:
+                 max_concurrency: int = 4, timeouts: S3Timeouts | None = None) -> None:
         if not bucket:
             raise ValueError("an S3 store needs a bucket: s3://bucket/prefix")
         self.bucket = bucket
@@ -46,16 +45,22 @@ class S3BlobStore(BlobStore):
         self.chunk_size = chunk_size
         self.max_concurrency = max_concurrency
         self._region = region
+        timeouts = timeouts or S3Timeouts()
         self._client_config = Config(
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=timeouts.connect,
+            read_timeout=timeouts.read,
+            retries={"max_attempts": timeouts.max_attempts, "mode": "standard"},
             signature_version="s3v4",
             # MinIO, Ceph and moto serve buckets by path, not by virtual host.
             s3={"addressing_style": "path"} if self.endpoint_url else {},
             max_pool_connections=max(10, max_concurrency * 2),
         )
+        # The health check tries once: a probe that retries a hung store only delays the
+        # answer that it is down.
+        self._probe_config = self._client_config.merge(
+            Config(retries={"max_attempts": 1, "mode": "standard"}))
         self._client_obj = None
+        self._probe_obj = None
         self._lock = threading.Lock()
         self._bucket_verified = False
 
@@ -75,13 +80,23 @@ class S3BlobStore(BlobStore):
         if self._client_obj is None:
             with self._lock:
                 if self._client_obj is None:
-                    with self._converting("connect"):
-                        session = boto3.session.Session()
-                        region = self._region or session.region_name or "us-east-1"
-                        self._client_obj = session.client(
-                            "s3", endpoint_url=self.endpoint_url, region_name=region,
-                            config=self._client_config)
+                    self._client_obj = self._new_client(self._client_config)
         return self._client_obj
+
+    @property
+    def _probe(self):
+        if self._probe_obj is None:
+            with self._lock:
+                if self._probe_obj is None:
+                    self._probe_obj = self._new_client(self._probe_config)
+        return self._probe_obj
+
+    def _new_client(self, config: Config):
+        with self._converting("connect"):
+            session = boto3.session.Session()
+            region = self._region or session.region_name or "us-east-1"
+            return session.client("s3", endpoint_url=self.endpoint_url, region_name=region,
+                                  config=config)
 
     def _object_key(self, key: str) -> str:
         check_key(key)
@@ -193,16 +208,44 @@ class S3BlobStore(BlobStore):
             paginator = self._client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=start):
                 for item in page.get("Contents", ()):
-                    modified = item["LastModified"]
-                    if modified.tzinfo is None:
-                        modified = modified.replace(tzinfo=timezone.utc)
-                    yield item["Key"][len(start):], modified.astimezone(timezone.utc)
+                    yield item["Key"][len(start):], _utc(item["LastModified"])
+
+    def remove_incomplete_uploads(self, before: datetime, *,
+                                  dry_run: bool = False) -> list[str]:
+        """Abort the multipart uploads under the prefix begun before `before`: S3 keeps
+        (and bills) the parts of an upload that was never completed."""
+        start = f"{self.prefix}/" if self.prefix else ""
+        aborted = []
+        with self._converting("list multipart uploads"):
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            stale = [(item["Key"], item["UploadId"])
+                     for page in paginator.paginate(Bucket=self.bucket, Prefix=start)
+                     for item in page.get("Uploads", ())
+                     if _utc(item["Initiated"]) < before]
+        for object_key, upload_id in stale:
+            if not dry_run:
+                with self._converting("abort multipart upload"):
+                    try:
+                        self._client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=object_key, UploadId=upload_id)
+                    except ClientError as exc:
+                        # Completed or aborted by its own writer since the listing.
+                        if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                            raise
+            aborted.append(f"multipart upload {object_key[len(start):]} ({upload_id})")
+        return aborted
 
     def check(self) -> None:
         """HEAD the bucket: proves the endpoint answers, the bucket exists, we may use it."""
         with self._converting("health check"):
-            self._client.head_bucket(Bucket=self.bucket)
+            self._probe.head_bucket(Bucket=self.bucket)
         self._bucket_verified = True
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
 
 
 class _BodyReader(io.RawIOBase):

@@ -63,3 +63,15 @@ def test_merge_settings_are_read_and_checked():
                         ({"LORASTACK_HEARTBEAT_SECONDS": "40"}, "at least twice")):
         with pytest.raises(SystemExit, match=needle):
             Settings.from_env(env)
+
+
+def test_s3_timeouts_are_read_and_checked():
+    settings = Settings.from_env({"LORASTACK_S3_CONNECT_TIMEOUT": "2.5",
+                                  "LORASTACK_S3_READ_TIMEOUT": "30",
+                                  "LORASTACK_S3_MAX_ATTEMPTS": "4"})
+    assert (settings.s3_connect_timeout, settings.s3_read_timeout,
+            settings.s3_max_attempts) == (2.5, 30.0, 4)
+    with pytest.raises(SystemExit, match="LORASTACK_S3_READ_TIMEOUT"):
+        Settings.from_env({"LORASTACK_S3_READ_TIMEOUT": "0"})
+    with pytest.raises(SystemExit, match="LORASTACK_S3_MAX_ATTEMPTS"):
+        Settings.from_env({"LORASTACK_S3_MAX_ATTEMPTS": "two"})

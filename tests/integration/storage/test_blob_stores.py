@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import pytest
 import requests
 
 from hub.errors import NotFound, StorageUnavailable
-from hub.storage import BlobStore, blob_key, open_store
+from hub.storage import BlobStore, S3Timeouts, blob_key, open_store
 from hub.storage.local import LocalBlobStore
 from hub.storage.s3 import S3BlobStore
 
+from tests.support.hung_server import hung_endpoint
 from tests.support.moto_server import free_port, s3_client
 
 
@@ -307,12 +309,47 @@ def test_s3_unreachable_endpoint_is_storage_unavailable(moto_endpoint: str,
                                                          tmp_path: Path) -> None:
     # moto_endpoint only sets the dummy credentials; the port below has no server.
     closed = f"http://127.0.0.1:{free_port()}"
-    store = S3BlobStore("bucket", "blobs", endpoint_url=closed, max_attempts=2)
+    store = S3BlobStore("bucket", "blobs", endpoint_url=closed,
+                        timeouts=S3Timeouts(max_attempts=2))
     with pytest.raises(StorageUnavailable) as info:
         store.check()
     assert closed in info.value.detail
     with pytest.raises(StorageUnavailable):
         store.exists(blob_key("3" * 64))
+
+
+@pytest.mark.parametrize("operation", ["check", "exists", "put", "read", "list", "delete"])
+def test_s3_hung_endpoint_fails_within_its_timeouts(moto_endpoint: str, tmp_path: Path,
+                                                    operation: str) -> None:
+    # moto_endpoint only sets the dummy credentials; the endpoint accepts and never answers.
+    path, size, digest = _write(tmp_path / "src.bin", b"data")
+    with hung_endpoint() as endpoint:
+        store = open_store("s3://bucket/blobs", s3_endpoint_url=endpoint,
+                           s3_timeouts=S3Timeouts(connect=1, read=1, max_attempts=2))
+        actions = {
+            "check": store.check,
+            "exists": lambda: store.exists(blob_key(digest)),
+            "put": lambda: store.put_file(blob_key(digest), path, size=size, sha256=digest),
+            "read": lambda: store.open_read(blob_key(digest)),
+            "list": lambda: list(store.iter_blobs()),
+            "delete": lambda: store.delete(blob_key(digest)),
+        }
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable) as info:
+            actions[operation]()
+        # Two attempts of one second each, and botocore's backoff between: far under 30 s
+        # (without timeouts a hung store holds a request for minutes).
+        assert time.monotonic() - started < 30
+    assert info.value.code == "storage_unavailable"
+
+
+def test_s3_timeouts_default_to_seconds_not_minutes() -> None:
+    timeouts = S3Timeouts()
+    assert timeouts.max_attempts * (timeouts.connect + timeouts.read) <= 30
+    store = S3BlobStore("bucket")
+    config = store._client_config
+    assert (config.connect_timeout, config.read_timeout) == (timeouts.connect, timeouts.read)
+    assert config.retries["max_attempts"] == timeouts.max_attempts
 
 
 def test_local_store_links_a_consumed_file_instead_of_copying(tmp_path):
@@ -345,3 +382,40 @@ def test_local_store_copies_when_the_caller_keeps_the_file(tmp_path):
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     store.put_file(blob_key(digest), source, size=10, sha256=digest)
     assert store.local_path(blob_key(digest)).stat().st_ino != source.stat().st_ino
+
+
+def test_s3_multipart_uploads_begun_before_the_cutoff_are_aborted(s3_bucket_url: str,
+                                                                  moto_endpoint: str) -> None:
+    store = open_store(s3_bucket_url, s3_endpoint_url=moto_endpoint)
+    client = s3_client(moto_endpoint)
+    bucket, prefix = s3_bucket_url[len("s3://"):].split("/", 1)
+    key = f"{prefix}/{blob_key('4' * 64)}"
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"part")
+    begun = client.list_multipart_uploads(Bucket=bucket)["Uploads"][0]["Initiated"]
+
+    assert store.remove_incomplete_uploads(begun - timedelta(seconds=1)) == []
+    listed = store.remove_incomplete_uploads(begun + timedelta(seconds=1), dry_run=True)
+    assert listed == [f"multipart upload {blob_key('4' * 64)} ({upload})"]
+    assert len(client.list_multipart_uploads(Bucket=bucket).get("Uploads", ())) == 1
+    assert store.remove_incomplete_uploads(begun + timedelta(seconds=1)) == listed
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_local_partial_blobs_older_than_the_cutoff_are_removed(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'blobs'}")
+    key = _put(store, tmp_path, b"a whole blob")
+    folder = store.local_path(key).parent
+    crashed, writing = folder / ".tmp-crashed", folder / ".tmp-writing"
+    crashed.write_bytes(b"half")
+    writing.write_bytes(b"half")
+    old = (datetime.now(timezone.utc) - timedelta(days=2)).timestamp()
+    os.utime(crashed, (old, old))
+    os.utime(store.local_path(key), (old, old))  # an old blob is not a leftover
+
+    cutoff = datetime.now(timezone.utc) - timedelta(days=1)
+    relative = crashed.relative_to(store.root).as_posix()
+    assert store.remove_incomplete_uploads(cutoff, dry_run=True) == [relative]
+    assert crashed.exists()
+    assert store.remove_incomplete_uploads(cutoff) == [relative]
+    assert not crashed.exists() and writing.exists() and store.exists(key)
