@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import current_app, jsonify, redirect, request, send_file
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from hub.api import api_v1
 from hub.api.auth import current_principal
@@ -40,6 +41,7 @@ def get_adapter(owner: str, name: str):
 @api_v1.patch("/adapters/<owner>/<name>")
 def patch_adapter(owner: str, name: str):
     """Change description, tags, task or visibility."""
+    require_owner(current_principal(), owner)  # before the body: a stranger's is never read
     changes = json_body()
     with current_hub().db.session() as session:
         adapter = catalog.update_adapter(session, current_principal(), owner, name, changes)
@@ -107,6 +109,7 @@ def get_version(owner: str, name: str, version: str):
 @api_v1.post("/adapters/<owner>/<name>/versions/<version>/yank")
 def yank(owner: str, name: str, version: str):
     """Yank a version: `latest` skips it, its label still downloads."""
+    require_owner(current_principal(), owner)  # before the body: a stranger's is never read
     body = json_body(optional=True)
     with current_hub().db.session() as session:
         adapter, row = catalog.yank_version(session, current_principal(), owner, name, version,
@@ -117,6 +120,7 @@ def yank(owner: str, name: str, version: str):
 @api_v1.post("/adapters/<owner>/<name>/versions/<version>/unyank")
 def unyank(owner: str, name: str, version: str):
     """Undo a yank: the version counts for `latest` again."""
+    require_owner(current_principal(), owner)
     with current_hub().db.session() as session:
         adapter, row = catalog.unyank_version(session, current_principal(), owner, name,
                                               version)
@@ -170,7 +174,13 @@ def _mimetype(path: str) -> str:
 
 def json_body(optional: bool = False) -> dict:
     """The request's JSON object body; InvalidRequest for anything else."""
-    if optional and not request.get_data():
+    data = request.get_data(cache=True)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        # werkzeug stops a body sent without a length at the limit and hands back what
+        # it read, which would parse as a truncated (400) body rather than a large one.
+        raise RequestEntityTooLarge()
+    if optional and not data:
         return {}
     try:
         body = request.get_json(silent=True)
