@@ -26,8 +26,9 @@ class Settings:
     max_json_bytes: int = 1 * MiB
     secret_key: str | None = None
     port: int = 8000
-    # Presigned download URLs live this long (seconds).
-    presign_ttl: int = 300
+    # Presigned download URLs live this long (seconds): a URL handed out before an
+    # adapter turned private keeps working until it expires, so it is kept short.
+    presign_ttl: int = 60
     # The merge service: limits, workers and result lifetime.
     device: str = "auto"
     merge_attempts: int = 3
@@ -73,7 +74,8 @@ class Settings:
             if env.get(key):
                 values[attr] = env[key]
         for key, attr in (("LORASTACK_MAX_UPLOAD_BYTES", "max_upload_bytes"),
-                          ("LORASTACK_MAX_JSON_BYTES", "max_json_bytes")):
+                          ("LORASTACK_MAX_JSON_BYTES", "max_json_bytes"),
+                          ("LORASTACK_PRESIGN_TTL_SECONDS", "presign_ttl")):
             if env.get(key):
                 values[attr] = _positive_int(key, env[key])
         if env.get("PORT"):

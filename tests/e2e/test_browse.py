@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests  # the S3 presigned URLs are fetched over real HTTP
@@ -288,6 +289,9 @@ def test_public_files_have_one_cache_policy_whose_headers_agree(settings, client
         # A cached redirect must not outlive the signature of the URL it points to.
         age = int(pinned.headers["Cache-Control"].split("max-age=")[1])
         assert 0 < age <= settings.presign_ttl // 2
+        # A URL handed out before the adapter turns private works until it expires: 60 s.
+        signed = parse_qs(urlsplit(pinned.headers["Location"]).query)
+        assert signed["X-Amz-Expires"] == ["60"]
         fetched = requests.get(pinned.headers["Location"], timeout=30)
         assert fetched.headers["Cache-Control"] == f"public, max-age={PUBLIC_MAX_AGE}"
     else:

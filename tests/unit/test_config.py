@@ -63,3 +63,13 @@ def test_merge_settings_are_read_and_checked():
                         ({"LORASTACK_HEARTBEAT_SECONDS": "40"}, "at least twice")):
         with pytest.raises(SystemExit, match=needle):
             Settings.from_env(env)
+
+
+def test_signed_urls_are_short_lived_and_bodies_small_unless_set():
+    settings = Settings.from_env({})
+    assert settings.presign_ttl == 60 and settings.max_json_bytes == 1024 * 1024
+    changed = Settings.from_env({"LORASTACK_PRESIGN_TTL_SECONDS": "30",
+                                 "LORASTACK_MAX_JSON_BYTES": "4096"})
+    assert (changed.presign_ttl, changed.max_json_bytes) == (30, 4096)
+    with pytest.raises(SystemExit, match="LORASTACK_PRESIGN_TTL_SECONDS"):
+        Settings.from_env({"LORASTACK_PRESIGN_TTL_SECONDS": "0"})
