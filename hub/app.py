@@ -72,6 +72,8 @@ def build_app(settings: Settings | None = None) -> Flask:
     def _echo_request_id(response):
         # gunicorn's access log prints it: one line per request with its id.
         response.headers["X-Request-ID"] = g.get("request_id", "-")
+        # A browser must take the declared type: an uploaded file is never run as HTML.
+        response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
     return app

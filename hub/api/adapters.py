@@ -168,7 +168,9 @@ def _mimetype(path: str) -> str:
     if path.endswith(".json"):
         return "application/json"
     if path.endswith(".md"):
-        return "text/markdown; charset=utf-8"
+        # Shown as text, never rendered: HTML in a README must not run at the API's origin.
+        # werkzeug appends "; charset=utf-8" to a text/* type itself (a second one if given).
+        return "text/plain"
     return "application/octet-stream"
 
 

@@ -13,7 +13,8 @@ from hub.services.merge_plan import parse_merge_request, plan_merge, plan_view
 from hub.services.shapes import merge_view
 
 PRIVATE = "private, no-store"
-_MIMETYPES = {"json": "application/json", "md": "text/markdown; charset=utf-8",
+# README.md is text/plain (never rendered at the API's origin); werkzeug adds its charset.
+_MIMETYPES = {"json": "application/json", "md": "text/plain",
               "zip": "application/zip"}
 
 

@@ -296,3 +296,18 @@ def test_public_files_have_one_cache_policy_whose_headers_agree(settings, client
         assert fetched.headers["Cache-Control"] == f"public, max-age={PUBLIC_MAX_AGE}"
     else:
         assert pinned.headers["Cache-Control"] == f"public, max-age={PUBLIC_MAX_AGE}"
+
+
+def test_a_readme_is_served_as_plain_text_and_nothing_is_sniffed(settings, client, make_user,
+                                                                 lora_dir):
+    token = make_user("alice")
+    readme = b"# tiny\n<script>alert(document.cookie)</script>\n"
+    assert publish(client, token, "alice/tiny", "1", lora_dir,
+                   files={"README.md": readme}).status_code == 201
+    response = client.get("/api/v1/adapters/alice/tiny/versions/1/files/README.md")
+    if not is_s3(settings):  # on S3 the bytes come from the store's origin, not the API's
+        assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert response.data == readme
+    for each in (response, client.get("/api/v1/health"), client.get("/api/v1/nowhere"),
+                 client.get("/api/v1/adapters/alice/tiny")):
+        assert each.headers["X-Content-Type-Options"] == "nosniff", each.status_code
