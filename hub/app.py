@@ -82,7 +82,7 @@ def build_app(settings: Settings | None = None) -> Flask:
 def _register_error_handlers(app: Flask, renderers: list[tuple[str, Renderer]]) -> None:
     """Every failure becomes a HubError, rendered by the surface whose path it reached."""
     from hub.api import UPLOAD_ENDPOINTS
-    from hub.api.problems import problem
+    from hub.api.problems import caller_safe, problem
 
     def render(error: HubError) -> Response:
         path = request.path
@@ -94,7 +94,7 @@ def _register_error_handlers(app: Flask, renderers: list[tuple[str, Renderer]]) 
 
     @app.errorhandler(HubError)
     def _hub_error(error: HubError):
-        return render(error)
+        return render(caller_safe(error))
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_error):

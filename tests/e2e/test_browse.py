@@ -311,3 +311,24 @@ def test_a_readme_is_served_as_plain_text_and_nothing_is_sniffed(settings, clien
     for each in (response, client.get("/api/v1/health"), client.get("/api/v1/nowhere"),
                  client.get("/api/v1/adapters/alice/tiny")):
         assert each.headers["X-Content-Type-Options"] == "nosniff", each.status_code
+
+
+def test_a_503_names_no_internal_host_to_an_anonymous_caller(tmp_path, caplog):
+    from hub import create_app
+    from hub.config import Settings
+    from tests.support.moto_server import free_port
+
+    port = free_port()
+    down = Settings(data_dir=tmp_path, secret_key="test",
+                    database_url=f"postgresql+psycopg://postgres@127.0.0.1:{port}/none")
+    app = create_app(down)
+    client = app.test_client()
+    health = client.get("/api/v1/health")
+    listing = client.get("/api/v1/adapters")
+    assert health.status_code == 503 and health.get_json()["code"] == "database_unavailable"
+    assert_problem(listing, 503, "database_unavailable")
+    for response in (health, listing):
+        text = response.get_data(as_text=True)
+        assert str(port) not in text and "127.0.0.1" not in text, text
+    assert str(port) in caplog.text  # the operator still finds the cause in the log
+    app.extensions["lorastack"].db.dispose()
