@@ -6,6 +6,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from hub.api import api_v1
 from hub.api.auth import current_principal
+from hub.api.uploads import MalformedForm
 from hub.runtime import current_hub
 from hub.errors import InvalidRequest, InvalidVersion, UnexpectedFile
 from hub.formats import check_file_name
@@ -60,7 +61,11 @@ def publish(owner: str, name: str):
         raise InvalidRequest("Send a version as multipart/form-data: the fields version,"
                              " license, metadata and each file as a part named 'files'.",
                              status=415)
-    form, files = request.form, request.files
+    try:
+        form, files = request.form, request.files
+    except MalformedForm as exc:
+        raise InvalidRequest(f"The body is not valid multipart/form-data ({exc}); send the"
+                             " fields and files as multipart parts.") from None
     if "files" in form:  # werkzeug files a part without a filename under form
         raise UnexpectedFile("Each 'files' part needs a filename (Content-Disposition:"
                              ' form-data; name="files"; filename="adapter_config.json").')

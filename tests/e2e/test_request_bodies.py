@@ -131,3 +131,16 @@ def test_only_a_publish_takes_a_body_larger_than_the_json_limit(settings, make_u
         assert_problem(patch, 413, "invalid_request")
     finally:
         app.extensions["lorastack"].close()
+
+
+@pytest.mark.parametrize("settings", ["sqlite-local"], indirect=True)
+def test_a_body_that_is_not_valid_multipart_is_reported_as_such(client, make_user):
+    alice = make_user("alice")
+    url = f"{BASE}/alice/tiny/versions"
+    cut_short = b'--x\r\nContent-Disposition: form-data; name="version"\r\n\r\n1.0'
+    for content_type, body in (("multipart/form-data", b"version=1"),
+                               ("multipart/form-data; boundary=x", cut_short),
+                               ("multipart/form-data; boundary=x", b"\x00garbage" * 100)):
+        response = client.post(url, data=body, content_type=content_type, headers=auth(alice))
+        problem = assert_problem(response, 400, "invalid_request")
+        assert "not valid multipart" in problem["detail"], (body[:20], problem["detail"])
