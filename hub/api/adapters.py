@@ -42,7 +42,7 @@ def get_adapter(owner: str, name: str):
 @api_v1.patch("/adapters/<owner>/<name>")
 def patch_adapter(owner: str, name: str):
     """Change description, tags, task or visibility."""
-    require_owner(current_principal(), owner)  # before the body: a stranger's is never read
+    _require_adapter_owner(owner, name)
     changes = json_body()
     with current_hub().db.session() as session:
         adapter = catalog.update_adapter(session, current_principal(), owner, name, changes)
@@ -114,7 +114,7 @@ def get_version(owner: str, name: str, version: str):
 @api_v1.post("/adapters/<owner>/<name>/versions/<version>/yank")
 def yank(owner: str, name: str, version: str):
     """Yank a version: `latest` skips it, its label still downloads."""
-    require_owner(current_principal(), owner)  # before the body: a stranger's is never read
+    _require_adapter_owner(owner, name)
     body = json_body(optional=True)
     with current_hub().db.session() as session:
         adapter, row = catalog.yank_version(session, current_principal(), owner, name, version,
@@ -125,7 +125,7 @@ def yank(owner: str, name: str, version: str):
 @api_v1.post("/adapters/<owner>/<name>/versions/<version>/unyank")
 def unyank(owner: str, name: str, version: str):
     """Undo a yank: the version counts for `latest` again."""
-    require_owner(current_principal(), owner)
+    _require_adapter_owner(owner, name)
     with current_hub().db.session() as session:
         adapter, row = catalog.unyank_version(session, current_principal(), owner, name,
                                               version)
@@ -161,6 +161,15 @@ def download(owner: str, name: str, version: str, path: str):
             catalog.record_download(session, adapter.id)
         current_app.extensions["lorastack_metrics"].downloads.inc()
     return response
+
+
+def _require_adapter_owner(owner: str, name: str) -> None:
+    """Refuse a caller who may not change owner/name before its body is read: 404 for an
+    adapter it cannot see (never 403 for a private one), else 401/403 without write access."""
+    principal = current_principal()
+    with current_hub().db.session() as session:
+        catalog.get_adapter(session, principal, owner, name)
+    require_owner(principal, owner)
 
 
 def _first_byte_requested() -> bool:
