@@ -25,7 +25,7 @@ Renderer = Callable[[HubError], Response]
 
 def build_app(settings: Settings | None = None) -> Flask:
     """Create the app: settings from the environment unless given; nothing global."""
-    from hub.api import api_v1
+    from hub.api import UPLOAD_ENDPOINTS, api_v1
     from hub.api.problems import problem
     from hub.api.metrics import install_metrics
     from hub.api.uploads import HubRequest
@@ -55,6 +55,13 @@ def build_app(settings: Settings | None = None) -> Flask:
             raise NotFound("No such resource (the path holds a NUL character).")
 
     @app.before_request
+    def _limit_body() -> None:
+        # werkzeug refuses a larger Content-Length before reading, and stops a chunked
+        # body at the limit: a JSON body never costs more than this much memory.
+        if request.endpoint not in UPLOAD_ENDPOINTS:
+            request.max_content_length = settings.max_json_bytes
+
+    @app.before_request
     def _start_timer() -> None:
         # A caller's id is kept (it ties our log line to theirs) if it is short and plain.
         given = request.headers.get("X-Request-ID", "")
@@ -65,6 +72,8 @@ def build_app(settings: Settings | None = None) -> Flask:
     def _echo_request_id(response):
         # gunicorn's access log prints it: one line per request with its id.
         response.headers["X-Request-ID"] = g.get("request_id", "-")
+        # A browser must take the declared type: an uploaded file is never run as HTML.
+        response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
     return app
@@ -72,7 +81,8 @@ def build_app(settings: Settings | None = None) -> Flask:
 
 def _register_error_handlers(app: Flask, renderers: list[tuple[str, Renderer]]) -> None:
     """Every failure becomes a HubError, rendered by the surface whose path it reached."""
-    from hub.api.problems import problem
+    from hub.api import UPLOAD_ENDPOINTS
+    from hub.api.problems import caller_safe, problem
 
     def render(error: HubError) -> Response:
         path = request.path
@@ -84,11 +94,15 @@ def _register_error_handlers(app: Flask, renderers: list[tuple[str, Renderer]]) 
 
     @app.errorhandler(HubError)
     def _hub_error(error: HubError):
-        return render(error)
+        return render(caller_safe(error))
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_error):
-        limit = app.config.get("MAX_CONTENT_LENGTH")
+        limit = request.max_content_length
+        if request.endpoint not in UPLOAD_ENDPOINTS:
+            return render(InvalidRequest(
+                f"The body is larger than this hub accepts here ({limit} bytes;"
+                " LORASTACK_MAX_JSON_BYTES): send a small JSON object.", status=413))
         length = request.content_length
         if limit is None or (length is not None and length <= limit):
             # Not the upload: werkzeug's MAX_FORM_MEMORY_SIZE / MAX_FORM_PARTS tripped.

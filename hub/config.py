@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
+MiB = 1024**2
 GiB = 1024**3
 
 
@@ -27,10 +28,13 @@ class Settings:
     queue: str = "inline"
     broker_url: str | None = None
     max_upload_bytes: int = 10 * GiB
+    # Every body but a publish's multipart upload is a small JSON object.
+    max_json_bytes: int = 1 * MiB
     secret_key: str | None = None
     port: int = 8000
-    # Presigned download URLs live this long (seconds).
-    presign_ttl: int = 300
+    # Presigned download URLs live this long (seconds): a URL handed out before an
+    # adapter turned private keeps working until it expires, so it is kept short.
+    presign_ttl: int = 60
     # The merge service: limits, workers and result lifetime.
     device: str = "auto"
     merge_attempts: int = 3
@@ -75,9 +79,11 @@ class Settings:
                           ("LORASTACK_SECRET_KEY", "secret_key")):
             if env.get(key):
                 values[attr] = env[key]
-        if env.get("LORASTACK_MAX_UPLOAD_BYTES"):
-            values["max_upload_bytes"] = _positive_int("LORASTACK_MAX_UPLOAD_BYTES",
-                                                       env["LORASTACK_MAX_UPLOAD_BYTES"])
+        for key, attr in (("LORASTACK_MAX_UPLOAD_BYTES", "max_upload_bytes"),
+                          ("LORASTACK_MAX_JSON_BYTES", "max_json_bytes"),
+                          ("LORASTACK_PRESIGN_TTL_SECONDS", "presign_ttl")):
+            if env.get(key):
+                values[attr] = _positive_int(key, env[key])
         if env.get("PORT"):
             values["port"] = _positive_int("PORT", env["PORT"])
         if values.get("queue", "inline") not in ("inline", "celery"):

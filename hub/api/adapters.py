@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from flask import current_app, jsonify, redirect, request, send_file
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from hub.api import api_v1
 from hub.api.auth import current_principal
+from hub.api.uploads import MalformedForm
 from hub.runtime import current_hub
 from hub.errors import InvalidRequest, InvalidVersion, UnexpectedFile
 from hub.formats import check_file_name
@@ -40,6 +42,7 @@ def get_adapter(owner: str, name: str):
 @api_v1.patch("/adapters/<owner>/<name>")
 def patch_adapter(owner: str, name: str):
     """Change description, tags, task or visibility."""
+    _require_adapter_owner(owner, name)
     changes = json_body()
     with current_hub().db.session() as session:
         adapter = catalog.update_adapter(session, current_principal(), owner, name, changes)
@@ -58,7 +61,11 @@ def publish(owner: str, name: str):
         raise InvalidRequest("Send a version as multipart/form-data: the fields version,"
                              " license, metadata and each file as a part named 'files'.",
                              status=415)
-    form, files = request.form, request.files
+    try:
+        form, files = request.form, request.files
+    except MalformedForm as exc:
+        raise InvalidRequest(f"The body is not valid multipart/form-data ({exc}); send the"
+                             " fields and files as multipart parts.") from None
     if "files" in form:  # werkzeug files a part without a filename under form
         raise UnexpectedFile("Each 'files' part needs a filename (Content-Disposition:"
                              ' form-data; name="files"; filename="adapter_config.json").')
@@ -107,6 +114,7 @@ def get_version(owner: str, name: str, version: str):
 @api_v1.post("/adapters/<owner>/<name>/versions/<version>/yank")
 def yank(owner: str, name: str, version: str):
     """Yank a version: `latest` skips it, its label still downloads."""
+    _require_adapter_owner(owner, name)
     body = json_body(optional=True)
     with current_hub().db.session() as session:
         adapter, row = catalog.yank_version(session, current_principal(), owner, name, version,
@@ -117,6 +125,7 @@ def yank(owner: str, name: str, version: str):
 @api_v1.post("/adapters/<owner>/<name>/versions/<version>/unyank")
 def unyank(owner: str, name: str, version: str):
     """Undo a yank: the version counts for `latest` again."""
+    _require_adapter_owner(owner, name)
     with current_hub().db.session() as session:
         adapter, row = catalog.unyank_version(session, current_principal(), owner, name,
                                               version)
@@ -154,6 +163,15 @@ def download(owner: str, name: str, version: str, path: str):
     return response
 
 
+def _require_adapter_owner(owner: str, name: str) -> None:
+    """Refuse a caller who may not change owner/name before its body is read: 404 for an
+    adapter it cannot see (never 403 for a private one), else 401/403 without write access."""
+    principal = current_principal()
+    with current_hub().db.session() as session:
+        catalog.get_adapter(session, principal, owner, name)
+    require_owner(principal, owner)
+
+
 def _first_byte_requested() -> bool:
     """A download counts once: a plain GET, or the range that starts at byte 0."""
     header = request.headers.get("Range")
@@ -164,13 +182,21 @@ def _mimetype(path: str) -> str:
     if path.endswith(".json"):
         return "application/json"
     if path.endswith(".md"):
-        return "text/markdown; charset=utf-8"
+        # Shown as text, never rendered: HTML in a README must not run at the API's origin.
+        # werkzeug appends "; charset=utf-8" to a text/* type itself (a second one if given).
+        return "text/plain"
     return "application/octet-stream"
 
 
 def json_body(optional: bool = False) -> dict:
     """The request's JSON object body; InvalidRequest for anything else."""
-    if optional and not request.get_data():
+    data = request.get_data(cache=True)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        # werkzeug stops a body sent without a length at the limit and hands back what
+        # it read, which would parse as a truncated (400) body rather than a large one.
+        raise RequestEntityTooLarge()
+    if optional and not data:
         return {}
     try:
         body = request.get_json(silent=True)

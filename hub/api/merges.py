@@ -13,7 +13,8 @@ from hub.services.merge_plan import parse_merge_request, plan_merge, plan_view
 from hub.services.shapes import merge_view
 
 PRIVATE = "private, no-store"
-_MIMETYPES = {"json": "application/json", "md": "text/markdown; charset=utf-8",
+# README.md is text/plain (never rendered at the API's origin); werkzeug adds its charset.
+_MIMETYPES = {"json": "application/json", "md": "text/plain",
               "zip": "application/zip"}
 
 
@@ -21,8 +22,8 @@ _MIMETYPES = {"json": "application/json", "md": "text/markdown; charset=utf-8",
 def plan_merge_route():
     """Every check a merge would get, and its licence and size; nothing is queued."""
     hub = current_hub()
+    principal = current_principal()  # a bad token is 401 before the body is read
     merge_request = parse_merge_request(json_body())
-    principal = current_principal()
     if merge_request.analyze:
         # It reads the sources' weights in this process: a write token, as for a merge.
         require_writer(principal)
@@ -40,10 +41,11 @@ def plan_merge_route():
 def create_merge():
     """Queue a merge (202), or return the caller's identical one (200)."""
     hub = current_hub()
+    principal = require_writer(current_principal())  # before the body is read
     merge_request = parse_merge_request(json_body())
     with hub.db.session() as session:
-        merge, created = merges.request_merge(session, hub.store, hub.settings,
-                                              current_principal(), merge_request)
+        merge, created = merges.request_merge(session, hub.store, hub.settings, principal,
+                                              merge_request)
         body = merge_view(merge, queue_position=merges.queue_position(session, merge))
     if created and body["status"] == "queued":
         hub.submit_merge(body["id"])
@@ -71,6 +73,7 @@ def get_merge(merge_id: str):
 @api_v1.delete("/merges/<merge_id>")
 def cancel_merge(merge_id: str):
     """Cancel a queued merge, or stop a running one between modules."""
+    require_writer(current_principal())
     with current_hub().db.session() as session:
         return jsonify(merge_view(merges.cancel_merge(session, current_principal(), merge_id)))
 
@@ -113,7 +116,8 @@ def publish_merge_route(merge_id: str):
     from hub.services.shapes import version_view
 
     hub = current_hub()
-    principal = current_principal()
+    # The owner is named in the body, so only the write scope can be checked before it.
+    principal = require_writer(current_principal())
     body = json_body()
     with hub.db.session() as session:
         result = publish_merge(session, hub.store, hub.settings.data_dir / "tmp", principal,

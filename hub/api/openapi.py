@@ -109,7 +109,7 @@ def _adapter_paths() -> dict:
                       "requestBody": {"required": True, "content": {
                           JSON_MEDIA: {"schema": ref("Metadata")}}},
                       "responses": {**ok("The adapter.", ref("AdapterDetail")),
-                                    **problems(400, 401, 403, 404)}}},
+                                    **problems(400, 401, 403, 404, 413)}}},
         "/adapters/{owner}/{name}/versions": {
             "parameters": adapter,
             "post": {
@@ -142,7 +142,7 @@ def _adapter_paths() -> dict:
                      "security": [{"bearer": []}],
                      "requestBody": {"required": False, "content": {JSON_MEDIA: {"schema": obj(
                          {"reason": string(maxLength=1000)})}}},
-                     "responses": {**version_json, **problems(400, 401, 403, 404)}}},
+                     "responses": {**version_json, **problems(400, 401, 403, 404, 413)}}},
         "/adapters/{owner}/{name}/versions/{version}/unyank": {
             "parameters": version,
             "post": {"operationId": "unyankVersion", "summary": "Undo a yank (owner)",

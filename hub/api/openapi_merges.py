@@ -27,14 +27,14 @@ def merge_paths() -> dict:
                        " with analyze, how the sources' updates interact",
             "requestBody": spec_body,
             "responses": {**ok("The plan.", ref("MergePlan")),
-                          **problems(400, 401, 403, 404, 422)}}},
+                          **problems(400, 401, 403, 404, 413, 422)}}},
         "/merges": {
             "post": {"operationId": "createMerge", "summary": "Queue a merge (write token)",
                      "security": [{"bearer": []}], "requestBody": spec_body,
                      "responses": {**ok("Queued (or answered from the cache).",
                                          ref("Merge"), "202"),
                                    **ok("The caller's identical merge.", ref("Merge")),
-                                   **problems(400, 401, 403, 404, 422, 429)}},
+                                   **problems(400, 401, 403, 404, 413, 422, 429)}},
             "get": {"operationId": "listMerges", "summary": "The caller's merges, newest first",
                     "security": [{"bearer": []}],
                     "parameters": [
@@ -54,7 +54,7 @@ def merge_paths() -> dict:
             "delete": {"operationId": "cancelMerge",
                        "summary": "Cancel a queued merge; stop a running one between modules",
                        "security": [{"bearer": []}],
-                       "responses": {**merge_json, **problems(401, 404)}}},
+                       "responses": {**merge_json, **problems(401, 403, 404)}}},
         "/merges/{merge_id}/files/{path}": {
             "parameters": merge_id + params("path"),
             "get": {"operationId": "downloadMergeFile", "summary": "A result file",
@@ -80,7 +80,7 @@ def merge_paths() -> dict:
                          ["adapter", "version"], additionalProperties=False)}}},
                      "responses": {**ok("Published.", ref("Version"), "201"),
                                    **ok("The identical version existed.", ref("Version")),
-                                   **problems(400, 401, 403, 404, 409, 410, 422)}}},
+                                   **problems(400, 401, 403, 404, 409, 410, 413, 422)}}},
     }
 
 

@@ -50,8 +50,22 @@ class HashingFile:
         return iter(self._file)
 
 
+class MalformedForm(ValueError):
+    """The body is not valid multipart/form-data (no boundary, cut short, garbled)."""
+
+
 class LargeReadFormDataParser(FormDataParser):
-    """werkzeug's parser with a larger read size (see FORM_READ_BYTES)."""
+    """werkzeug's parser with a larger read size (see FORM_READ_BYTES), that says when a
+    body is not valid multipart (werkzeug's default is an empty form, which the route
+    would report as a missing field)."""
+
+    def parse(self, stream, mimetype, content_length, options=None):
+        """Parse the form; MalformedForm when the body is not valid multipart."""
+        self.silent = False
+        try:
+            return super().parse(stream, mimetype, content_length, options)
+        except ValueError as exc:
+            raise MalformedForm(str(exc)) from exc
 
     def _parse_multipart(self, stream, mimetype, content_length, options):
         parser = MultiPartParser(stream_factory=self.stream_factory,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests  # the S3 presigned URLs are fetched over real HTTP
@@ -288,7 +289,46 @@ def test_public_files_have_one_cache_policy_whose_headers_agree(settings, client
         # A cached redirect must not outlive the signature of the URL it points to.
         age = int(pinned.headers["Cache-Control"].split("max-age=")[1])
         assert 0 < age <= settings.presign_ttl // 2
+        # A URL handed out before the adapter turns private works until it expires: 60 s.
+        signed = parse_qs(urlsplit(pinned.headers["Location"]).query)
+        assert signed["X-Amz-Expires"] == ["60"]
         fetched = requests.get(pinned.headers["Location"], timeout=30)
         assert fetched.headers["Cache-Control"] == f"public, max-age={PUBLIC_MAX_AGE}"
     else:
         assert pinned.headers["Cache-Control"] == f"public, max-age={PUBLIC_MAX_AGE}"
+
+
+def test_a_readme_is_served_as_plain_text_and_nothing_is_sniffed(settings, client, make_user,
+                                                                 lora_dir):
+    token = make_user("alice")
+    readme = b"# tiny\n<script>alert(document.cookie)</script>\n"
+    assert publish(client, token, "alice/tiny", "1", lora_dir,
+                   files={"README.md": readme}).status_code == 201
+    response = client.get("/api/v1/adapters/alice/tiny/versions/1/files/README.md")
+    if not is_s3(settings):  # on S3 the bytes come from the store's origin, not the API's
+        assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert response.data == readme
+    for each in (response, client.get("/api/v1/health"), client.get("/api/v1/nowhere"),
+                 client.get("/api/v1/adapters/alice/tiny")):
+        assert each.headers["X-Content-Type-Options"] == "nosniff", each.status_code
+
+
+def test_a_503_names_no_internal_host_to_an_anonymous_caller(tmp_path, caplog):
+    from hub import create_app
+    from hub.config import Settings
+    from tests.support.moto_server import free_port
+
+    port = free_port()
+    down = Settings(data_dir=tmp_path, secret_key="test",
+                    database_url=f"postgresql+psycopg://postgres@127.0.0.1:{port}/none")
+    app = create_app(down)
+    client = app.test_client()
+    health = client.get("/api/v1/health")
+    listing = client.get("/api/v1/adapters")
+    assert health.status_code == 503 and health.get_json()["code"] == "database_unavailable"
+    assert_problem(listing, 503, "database_unavailable")
+    for response in (health, listing):
+        text = response.get_data(as_text=True)
+        assert str(port) not in text and "127.0.0.1" not in text, text
+    assert str(port) in caplog.text  # the operator still finds the cause in the log
+    app.extensions["lorastack"].db.dispose()

@@ -75,3 +75,13 @@ def test_s3_timeouts_are_read_and_checked():
         Settings.from_env({"LORASTACK_S3_READ_TIMEOUT": "0"})
     with pytest.raises(SystemExit, match="LORASTACK_S3_MAX_ATTEMPTS"):
         Settings.from_env({"LORASTACK_S3_MAX_ATTEMPTS": "two"})
+
+
+def test_signed_urls_are_short_lived_and_bodies_small_unless_set():
+    settings = Settings.from_env({})
+    assert settings.presign_ttl == 60 and settings.max_json_bytes == 1024 * 1024
+    changed = Settings.from_env({"LORASTACK_PRESIGN_TTL_SECONDS": "30",
+                                 "LORASTACK_MAX_JSON_BYTES": "4096"})
+    assert (changed.presign_ttl, changed.max_json_bytes) == (30, 4096)
+    with pytest.raises(SystemExit, match="LORASTACK_PRESIGN_TTL_SECONDS"):
+        Settings.from_env({"LORASTACK_PRESIGN_TTL_SECONDS": "0"})
