@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from hub.errors import InvalidName, InvalidRequest, InvalidVersion
+from hub.formats.text import MAX_DESCRIPTION, unstorable_char
 
 # Hugging Face-like: starts alphanumeric; letters, digits, '.', '_', '-'; no '..'.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -14,7 +15,6 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,63}$")
 RESERVED_VERSIONS = {"latest"}
 VISIBILITIES = ("public", "private")
-MAX_DESCRIPTION = 10_000
 MAX_TAGS = 32
 
 
@@ -79,10 +79,8 @@ def readme_tags(tags: object) -> list[str]:
 def check_text(value: object, limit: int, what: str, *, multiline: bool = False) -> str:
     """`value` if it is a string of at most `limit` characters that a database stores:
     no control characters (newlines and tabs when `multiline`), no lone surrogates."""
-    allowed = "\n\t\r" if multiline else ""
     if (not isinstance(value, str) or len(value) > limit
-            or any((ord(c) < 32 and c not in allowed) or 0xD800 <= ord(c) <= 0xDFFF
-                   for c in value)):
+            or unstorable_char(value, multiline=multiline) is not None):
         raise InvalidRequest(f"{what} must be a string of at most {limit} printable characters.")
     return value
 
