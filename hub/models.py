@@ -16,6 +16,13 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _name_key(context) -> str:
+    # Filled from the row's name on insert, so no code path can create a row without it.
+    from hub.services.names import name_key
+
+    return name_key(context.get_current_parameters()["name"])
+
+
 class UTCDateTime(TypeDecorator):
     """A timestamp that always comes back timezone-aware UTC (SQLite forgets the zone)."""
 
@@ -40,6 +47,8 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
+    # hub.services.names.name_key of the name, unique: no look-alike of an existing name.
+    name_key: Mapped[str] = mapped_column(String(64), unique=True, default=_name_key)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -67,11 +76,13 @@ class Adapter(Base):
     """A named adapter, `owner/name`, holding immutable versions."""
 
     __tablename__ = "adapters"
-    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+    __table_args__ = (UniqueConstraint("owner_id", "name"),
+                      UniqueConstraint("owner_id", "name_key"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     name: Mapped[str] = mapped_column(String(96))
+    name_key: Mapped[str] = mapped_column(String(96), default=_name_key)
     description: Mapped[str] = mapped_column(Text, default="")
     base_model: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
     license: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from hub.errors import InvalidRequest, NotFound, Unauthorized, UserExists
 from hub.models import Token, User, utcnow
-from hub.services.names import check_user_name
+from hub.services.names import LOOK_ALIKE_RULE, check_user_name, name_key
 
 SCOPES = ("read", "write")
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -45,8 +45,12 @@ def hash_token(token: str) -> str:
 def create_user(session: Session, name: str, *, is_admin: bool = False) -> User:
     """Create a user; UserExists if the name is taken."""
     check_user_name(name)
-    if session.scalar(select(User).where(User.name == name)) is not None:
+    existing = session.scalar(select(User.name).where(User.name_key == name_key(name)))
+    if existing == name:
         raise UserExists(f"The user {name!r} already exists.")
+    if existing is not None:
+        raise UserExists(f"The user {name!r} looks like the existing user {existing!r}"
+                         f" ({LOOK_ALIKE_RULE}); choose another name.")
     user = User(name=name, is_admin=is_admin)
     session.add(user)
     try:
