@@ -5,4 +5,4 @@ from flask import Blueprint
 
 api_v1 = Blueprint("api_v1", __name__, url_prefix="/api/v1")
 
-from hub.api import adapters, merges, meta, openapi  # noqa: E402,F401  (routes register on api_v1)
+from hub.api import adapters, merges, meta, openapi, tokens  # noqa: E402,F401  (routes register on api_v1)
