@@ -36,19 +36,15 @@ def _fill_keys(table: str, scope: str | None) -> None:
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('users', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('name_key', sa.String(length=64), nullable=True))
-    with op.batch_alter_table('adapters', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('name_key', sa.String(length=96), nullable=True))
+    # Added nullable and indexed, not constrained: on SQLite a NOT NULL column or a unique
+    # constraint means rebuilding the table, which its foreign keys refuse once it has rows.
+    op.add_column('users', sa.Column('name_key', sa.String(length=64), nullable=True))
+    op.add_column('adapters', sa.Column('name_key', sa.String(length=96), nullable=True))
     _fill_keys('users', None)
     _fill_keys('adapters', 'owner_id')
-    with op.batch_alter_table('users', schema=None) as batch_op:
-        batch_op.alter_column('name_key', existing_type=sa.String(length=64), nullable=False)
-        batch_op.create_unique_constraint(batch_op.f('uq_users_name_key'), ['name_key'])
-    with op.batch_alter_table('adapters', schema=None) as batch_op:
-        batch_op.alter_column('name_key', existing_type=sa.String(length=96), nullable=False)
-        batch_op.create_unique_constraint(batch_op.f('uq_adapters_owner_id_name_key'),
-                                          ['owner_id', 'name_key'])
+    op.create_index('ix_users_name_key', 'users', ['name_key'], unique=True)
+    op.create_index('ix_adapters_owner_id_name_key', 'adapters', ['owner_id', 'name_key'],
+                    unique=True)
     # Descriptions from README front matter were stored unbounded; listings carry them.
     op.execute(sa.text("UPDATE adapters SET description = substr(description, 1, :limit)"
                        " WHERE length(description) > :limit")
@@ -56,9 +52,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index('ix_adapters_owner_id_name_key', table_name='adapters')
+    op.drop_index('ix_users_name_key', table_name='users')
     with op.batch_alter_table('adapters', schema=None) as batch_op:
-        batch_op.drop_constraint(batch_op.f('uq_adapters_owner_id_name_key'), type_='unique')
         batch_op.drop_column('name_key')
     with op.batch_alter_table('users', schema=None) as batch_op:
-        batch_op.drop_constraint(batch_op.f('uq_users_name_key'), type_='unique')
         batch_op.drop_column('name_key')
