@@ -175,9 +175,9 @@ def classify_key(config: dict, name: str, entry: TensorEntry, layout: LoraLayout
     if len(name) > MAX_TENSOR_NAME_LEN:
         raise TensorMismatch(f"tensor name {quote(name)} is longer than {MAX_TENSOR_NAME_LEN}")
     # Module names are stored (target_modules, refusal reasons): no NUL or other controls.
-    if unstorable_char(name) is not None:
-        raise TensorMismatch(f"tensor name {quote(name)} holds "
-                             f"{describe_char(unstorable_char(name))}")
+    bad = unstorable_char(name)
+    if bad is not None:
+        raise TensorMismatch(f"tensor name {quote(name)} holds {describe_char(bad)}")
     if not name.startswith(PEFT_PREFIX):
         raise _stray(name, f"PEFT's keys start with {PEFT_PREFIX!r}")
     inner = name[len(PEFT_PREFIX):]
