@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer,
-                        String, Text, UniqueConstraint)
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index,
+                        Integer, String, Text, UniqueConstraint)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -14,6 +14,13 @@ from hub.db import Base
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(timezone.utc)
+
+
+def _name_key(context) -> str:
+    # Filled from the row's name on insert, so no code path can create a row without it.
+    from hub.services.names import name_key
+
+    return name_key(context.get_current_parameters()["name"])
 
 
 class UTCDateTime(TypeDecorator):
@@ -37,9 +44,14 @@ class User(Base):
     """An account: owns adapters, holds tokens."""
 
     __tablename__ = "users"
+    __table_args__ = (Index("ix_users_name_key", "name_key", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
+    # hub.services.names.name_key of the name, unique: no look-alike of an existing name.
+    # Always set (the default fills it); nullable only because SQLite cannot add a NOT NULL
+    # column to a table others reference without rebuilding it under their foreign keys.
+    name_key: Mapped[str] = mapped_column(String(64), nullable=True, default=_name_key)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -67,11 +79,13 @@ class Adapter(Base):
     """A named adapter, `owner/name`, holding immutable versions."""
 
     __tablename__ = "adapters"
-    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+    __table_args__ = (UniqueConstraint("owner_id", "name"),
+                      Index("ix_adapters_owner_id_name_key", "owner_id", "name_key", unique=True))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     name: Mapped[str] = mapped_column(String(96))
+    name_key: Mapped[str] = mapped_column(String(96), nullable=True, default=_name_key)
     description: Mapped[str] = mapped_column(Text, default="")
     base_model: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
     license: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)

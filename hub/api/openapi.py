@@ -67,9 +67,13 @@ def _schemas() -> dict:
         "base_model": string(maxLength=256),
         "visibility": string(enum=["public", "private"]),
     }, additionalProperties=False)
+    token = obj({"prefix": string(), "scope": string(enum=["read", "write"]),
+                 "created_at": time, "last_used_at": nullable(time),
+                 "revoked": {"type": "boolean"}},
+                ["prefix", "scope", "created_at", "last_used_at", "revoked"])
     return {"File": file, "AdapterSummary": summary, "AdapterDetail": detail,
             "Version": version, "License": license_, "Problem": problem,
-            "Metadata": metadata}
+            "Metadata": metadata, "Token": token}
 
 
 def _adapter_paths() -> dict:
@@ -177,6 +181,21 @@ def _service_paths() -> dict:
             "responses": {**ok("The caller's name, admin flag and scopes.", obj(
                 {"name": string(), "is_admin": {"type": "boolean"},
                  "scopes": {"type": "array", "items": string()}})), **problems(401)}}},
+        "/tokens": {"get": {
+            "operationId": "listTokens", "summary": "The caller's tokens (never the tokens"
+                                                    " themselves: their prefixes)",
+            "security": [{"bearer": []}],
+            "responses": {**ok("Live tokens, oldest first.", obj(
+                {"items": {"type": "array", "items": ref("Token")}}, ["items"])),
+                **problems(401)}}},
+        "/tokens/{prefix}": {"delete": {
+            "operationId": "revokeToken",
+            "summary": "Revoke one of the caller's tokens (write token); refused at once",
+            "security": [{"bearer": []}],
+            "parameters": [{"name": "prefix", "in": "path", "required": True,
+                            "schema": string("A token's prefix, as GET /tokens shows it.")}],
+            "responses": {**ok("The revoked token.", ref("Token")),
+                          **problems(400, 401, 403, 404)}}},
         "/licenses": {"get": {
             "operationId": "listLicenses", "summary": "The licence table and its flags",
             "responses": ok("Every licence id.", obj(

@@ -133,6 +133,43 @@ def tokens_create(user: str, scope: str) -> None:
     click.echo(token)
 
 
+@tokens_group.command("list")
+@click.argument("user")
+def tokens_list(user: str) -> None:
+    """List USER's live tokens: prefix, scope, created, last used."""
+    from sqlalchemy import select
+
+    from hub.errors import NotFound
+    from hub.models import User
+    from hub.services.accounts import list_tokens
+
+    def _list(session):
+        user_id = session.scalar(select(User.id).where(User.name == user))
+        if user_id is None:
+            raise NotFound(f"No user named {user!r}.")
+        return [(t.prefix, t.scope, _when(t.created_at), _when(t.last_used_at))
+                for t in list_tokens(session, user_id)]
+
+    rows = _in_session(_list)
+    click.echo(f"{'PREFIX':<14}{'SCOPE':<7}{'CREATED':<22}LAST USED")
+    for prefix, scope, created, used in rows:
+        click.echo(f"{prefix:<14}{scope:<7}{created:<22}{used}")
+
+
+@tokens_group.command("revoke")
+@click.argument("prefix")
+def tokens_revoke(prefix: str) -> None:
+    """Revoke the token shown as PREFIX (see `tokens list`); it is refused at once."""
+    from hub.services.accounts import revoke_token
+
+    user = _in_session(lambda session: revoke_token(session, prefix).user.name)
+    click.echo(f"revoked token {prefix} of {user}")
+
+
+def _when(moment) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "never"
+
+
 @click.command("gc")
 @click.option("--grace-hours", type=float, default=24.0, show_default=True,
               help="Only remove orphan blobs and leftovers older than this.")

@@ -14,6 +14,7 @@ from hub.errors import InvalidAdapterConfig, TensorMismatch
 from hub.formats.foreign import foreign_hint
 from hub.formats.peft_config import MAX_TENSOR_NAME_LEN, PEFT_PREFIX, module_rank
 from hub.formats.safetensors_file import SafetensorsHeader, TensorEntry, quote
+from hub.formats.text import describe_char, unstorable_char
 
 #: Leaf names of the input embeddings and output heads of transformers' models, whose
 #: weights PEFT saves whole when the vocabulary was resized (save_embedding_layers).
@@ -173,6 +174,10 @@ def classify_key(config: dict, name: str, entry: TensorEntry, layout: LoraLayout
     """File one tensor into `layout`, or raise TensorMismatch naming it."""
     if len(name) > MAX_TENSOR_NAME_LEN:
         raise TensorMismatch(f"tensor name {quote(name)} is longer than {MAX_TENSOR_NAME_LEN}")
+    # Module names are stored (target_modules, refusal reasons): no NUL or other controls.
+    bad = unstorable_char(name)
+    if bad is not None:
+        raise TensorMismatch(f"tensor name {quote(name)} holds {describe_char(bad)}")
     if not name.startswith(PEFT_PREFIX):
         raise _stray(name, f"PEFT's keys start with {PEFT_PREFIX!r}")
     inner = name[len(PEFT_PREFIX):]

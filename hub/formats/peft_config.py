@@ -10,6 +10,7 @@ from typing import Any
 
 from hub.errors import InvalidAdapterConfig
 from hub.formats.safetensors_file import quote, strict_json_loads
+from hub.formats.text import describe_char, unstorable_char
 
 MAX_RANK = 65536
 MAX_PATTERN_LEN = 512
@@ -61,13 +62,15 @@ def parse_adapter_config(data: bytes, *, max_bytes: int = 1_000_000) -> dict:
     if not isinstance(peft_type, str) or not peft_type:
         raise InvalidAdapterConfig("adapter_config.json needs `peft_type` (a string, e.g. \"LORA\")")
     # Limits are the database column widths (PostgreSQL refuses longer values).
-    for key, limit in (("base_model_name_or_path", 256), ("task_type", 64)):
+    for key, limit in (("base_model_name_or_path", 256), ("task_type", 64), ("peft_type", 32)):
         if config.get(key) is not None and not isinstance(config[key], str):
             raise InvalidAdapterConfig(f"`{key}` must be a string or null")
         if config.get(key) is not None and len(config[key]) > limit:
             raise InvalidAdapterConfig(f"`{key}` must be at most {limit} characters")
-    if len(peft_type) > 32:
-        raise InvalidAdapterConfig("`peft_type` must be at most 32 characters")
+        bad = unstorable_char(config.get(key) or "")
+        if bad is not None:
+            raise InvalidAdapterConfig(f"`{key}` holds {describe_char(bad)}; the"
+                                       " registry stores printable text only")
     try:
         json.dumps(config, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:

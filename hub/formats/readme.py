@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from hub.errors import InvalidRequest
+from hub.formats.text import MAX_DESCRIPTION, describe_char, unstorable_char
 
 DEFAULT_MAX_README_BYTES = 5_000_000
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)",
@@ -85,6 +86,30 @@ def _tags(fm: dict) -> list[str]:
     return [str(t).strip() for t in tags if str(t).strip()]
 
 
+# The card's fields the hub stores, with the limits the API puts on the same fields (the
+# column widths; the description's documented limit): a card is no way around them.
+_STORED_FIELDS = (("description", MAX_DESCRIPTION), ("base_model", 256), ("pipeline_tag", 64),
+                  ("task", 64), ("license", 64), ("license_name", 256), ("license_link", 1024))
+
+
+def _check_stored_fields(fm: dict) -> None:
+    for key, limit in _STORED_FIELDS:
+        if key == "description":
+            # Kept as written (a non-string description is ignored, never stored).
+            value = fm.get(key) if isinstance(fm.get(key), str) else None
+        else:
+            value = _opt_str(fm, key)
+        if value is None:
+            continue
+        if len(value) > limit:
+            raise InvalidRequest(f"README.md front matter: `{key}` has {len(value)} characters;"
+                                 f" the limit is {limit}")
+        bad = unstorable_char(value, multiline=key == "description")
+        if bad is not None:
+            raise InvalidRequest(f"README.md front matter: `{key}` holds"
+                                 f" {describe_char(bad)}; only printable text is stored")
+
+
 def parse_front_matter(text: str) -> dict:
     """The YAML front matter between leading '---' lines as a dict ({} when absent)."""
     if _EMPTY_FRONT_MATTER.match(text):
@@ -119,11 +144,8 @@ def parse_readme(data: bytes, *, max_bytes: int = DEFAULT_MAX_README_BYTES) -> R
             f"README.md is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     text = text.removeprefix("\ufeff")
     fm = parse_front_matter(text)
+    _check_stored_fields(fm)
     pipeline_tag = _opt_str(fm, "pipeline_tag")
-    for key, limit in (("base_model", 256), ("pipeline_tag", 64), ("task", 64)):
-        if len(_opt_str(fm, key) or "") > limit:  # the database column widths
-            raise InvalidRequest(f"README.md front matter: `{key}` must be at most {limit}"
-                                 " characters")
     return ReadmeInfo(
         text=text, front_matter=fm, license=_opt_str(fm, "license"), tags=_tags(fm),
         base_model=_opt_str(fm, "base_model"), license_name=_opt_str(fm, "license_name"),

@@ -12,11 +12,14 @@ from sqlalchemy.orm import Session
 
 from hub.errors import InvalidRequest, NotFound, Unauthorized, UserExists
 from hub.models import Token, User, utcnow
-from hub.services.names import check_user_name
+from hub.services.names import LOOK_ALIKE_RULE, check_user_name, name_key
 
 SCOPES = ("read", "write")
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 TOKEN_PREFIX = "lst_"
+# What is kept in clear to name a token (list, revoke): 8 random characters, 48 of its 256
+# bits, enough that one user's prefixes do not collide. Older tokens keep 4.
+SHOWN_PREFIX = len(TOKEN_PREFIX) + 8
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,12 @@ def hash_token(token: str) -> str:
 def create_user(session: Session, name: str, *, is_admin: bool = False) -> User:
     """Create a user; UserExists if the name is taken."""
     check_user_name(name)
-    if session.scalar(select(User).where(User.name == name)) is not None:
+    existing = session.scalar(select(User.name).where(User.name_key == name_key(name)))
+    if existing == name:
         raise UserExists(f"The user {name!r} already exists.")
+    if existing is not None:
+        raise UserExists(f"The user {name!r} looks like the existing user {existing!r}"
+                         f" ({LOOK_ALIKE_RULE}); choose another name.")
     user = User(name=name, is_admin=is_admin)
     session.add(user)
     try:
@@ -65,8 +72,8 @@ def create_token(session: Session, user_name: str, *, scope: str = "write") -> s
         raise NotFound(f"No user named {user_name!r}; create it with"
                        " `lorastack users create NAME`.")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    session.add(Token(user_id=user.id, token_hash=hash_token(token), prefix=token[:8],
-                      scope=scope))
+    session.add(Token(user_id=user.id, token_hash=hash_token(token),
+                      prefix=token[:SHOWN_PREFIX], scope=scope))
     session.flush()
     return token
 
@@ -88,3 +95,32 @@ def authenticate(session: Session, token: str) -> Principal:
         token_row.last_used_at = now
     scopes = ("read", "write") if token_row.scope == "write" else ("read",)
     return Principal(user_id=user.id, name=user.name, is_admin=user.is_admin, scopes=scopes)
+
+
+def list_tokens(session: Session, user_id: int) -> list[Token]:
+    """The user's tokens that are not revoked, oldest first."""
+    return list(session.scalars(select(Token).where(Token.user_id == user_id,
+                                                    Token.revoked.is_(False))
+                                .order_by(Token.created_at, Token.id)))
+
+
+def revoke_token(session: Session, prefix: str, *, user_id: int | None = None) -> Token:
+    """Revoke the one live token shown as `prefix` (only among `user_id`'s when given).
+
+    Authentication reads the revoked flag on every request, so the token is refused (401)
+    from the commit on.
+    """
+    query = select(Token).where(Token.prefix == prefix, Token.revoked.is_(False))
+    if user_id is not None:
+        query = query.where(Token.user_id == user_id)
+    found = list(session.scalars(query.limit(2)))
+    if not found:
+        raise NotFound(f"No token {prefix!r} to revoke; `lorastack tokens list USER` shows"
+                       " them." if user_id is None else
+                       f"You have no token {prefix!r}; GET /api/v1/tokens lists yours.")
+    if len(found) > 1:
+        raise InvalidRequest(f"Several tokens are shown as {prefix!r}; revoke them through"
+                             " their owners' GET /api/v1/tokens, or create new ones.")
+    found[0].revoked = True
+    session.flush()
+    return found[0]

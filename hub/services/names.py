@@ -5,7 +5,12 @@ import json
 import re
 from dataclasses import dataclass
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from hub.errors import InvalidName, InvalidRequest, InvalidVersion
+from hub.formats.text import MAX_DESCRIPTION, unstorable_char
+from hub.models import Adapter
 
 # Hugging Face-like: starts alphanumeric; letters, digits, '.', '_', '-'; no '..'.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -14,8 +19,35 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,63}$")
 RESERVED_VERSIONS = {"latest"}
 VISIBILITIES = ("public", "private")
-MAX_DESCRIPTION = 10_000
 MAX_TAGS = 32
+
+
+# Names are ASCII (the patterns below), so ASCII's look-alikes are the ones to fold: capital
+# I reads as small l and 1, and with case ignored that makes i, I, l, L and 1 one letter;
+# O, o and 0 another.
+_LOOK_ALIKES = str.maketrans({"i": "l", "1": "l", "0": "o"})
+_SEPARATORS = re.compile(r"[-_.]+")
+
+
+def name_key(name: str) -> str:
+    """What two user or adapter names must not share: case ignored, look-alike letters
+    folded (`Alice`, `AIice`, `A1ice` are `alice`) and each run of '-', '_', '.' made one
+    '-' (PyPI's rule for project names), so no name can pass for another."""
+    return _SEPARATORS.sub("-", name.lower().translate(_LOOK_ALIKES))
+
+
+LOOK_ALIKE_RULE = ("names are unique regardless of case, of '-', '_' and '.', and of the"
+                   " look-alikes I, l and 1 or O and 0")
+
+
+def check_adapter_name_free(session: Session, owner_id: int, owner: str, name: str) -> None:
+    """InvalidName when the owner already has an adapter that `name` is a look-alike of."""
+    existing = session.scalar(select(Adapter.name).where(Adapter.owner_id == owner_id,
+                                                         Adapter.name_key == name_key(name)))
+    if existing is not None and existing != name:
+        raise InvalidName(f"{owner}/{name} looks like the existing adapter {owner}/{existing}"
+                          f" ({LOOK_ALIKE_RULE}): publish to {owner}/{existing} or choose"
+                          " another name.")
 
 
 def check_user_name(name: str) -> str:
@@ -79,10 +111,8 @@ def readme_tags(tags: object) -> list[str]:
 def check_text(value: object, limit: int, what: str, *, multiline: bool = False) -> str:
     """`value` if it is a string of at most `limit` characters that a database stores:
     no control characters (newlines and tabs when `multiline`), no lone surrogates."""
-    allowed = "\n\t\r" if multiline else ""
     if (not isinstance(value, str) or len(value) > limit
-            or any((ord(c) < 32 and c not in allowed) or 0xD800 <= ord(c) <= 0xDFFF
-                   for c in value)):
+            or unstorable_char(value, multiline=multiline) is not None):
         raise InvalidRequest(f"{what} must be a string of at most {limit} printable characters.")
     return value
 

@@ -18,8 +18,8 @@ from hub.services.accounts import Principal
 from hub.services.blobs import lock_blobs
 from hub.services.access import require_owner
 from hub.services.catalog import set_tags
-from hub.services.names import (Metadata, check_adapter_name, check_tags, check_user_name,
-                                check_version_label, readme_tags)
+from hub.services.names import (Metadata, check_adapter_name, check_adapter_name_free,
+                                check_tags, check_user_name, check_version_label, readme_tags)
 from hub.storage import BlobStore, blob_key
 
 
@@ -179,6 +179,7 @@ def _insert(session: Session, principal: Principal, owner_row: User, name: str, 
     adapter = session.scalar(select(Adapter).where(Adapter.owner_id == owner_row.id,
                                                    Adapter.name == name))
     if adapter is None:
+        check_adapter_name_free(session, owner_row.id, owner_row.name, name)
         adapter = Adapter(owner=owner_row, name=name, visibility=metadata.visibility or "public",
                           created_at=now, downloads=0, description="")
         session.add(adapter)

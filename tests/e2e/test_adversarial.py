@@ -338,6 +338,48 @@ def test_overlong_values_are_4xx_on_every_backend_never_500(app, client, make_us
     assert_problem(client.get(f"{BASE}/alice/tiny"), 404, "not_found")
 
 
+def test_nul_and_control_characters_from_config_or_card_are_4xx_and_leave_no_blob(
+        app, client, make_user, lora_dir):
+    token = make_user("alice")
+
+    def card(field: str) -> bytes:
+        return f'---\nlicense: mit\n{field}: "a\\0b"\n---\n# x\n'.encode()
+
+    cases = [
+        ("config base_model", {CONFIG: config_with(lora_dir, base_model_name_or_path="m\0")},
+         422, "invalid_adapter_config"),
+        ("config task_type", {CONFIG: config_with(lora_dir, task_type="CAUSAL_LM\0")},
+         422, "invalid_adapter_config"),
+        ("card description", {"README.md": card("description")}, 400, "invalid_request"),
+        ("card base_model", {"README.md": card("base_model")}, 400, "invalid_request"),
+        ("card task", {"README.md": card("pipeline_tag")}, 400, "invalid_request"),
+        ("card license_name", {"README.md": card("license_name")}, 400, "invalid_request")]
+    probes = [(label, publish(client, token, "alice/tiny", f"1.{i}", lora_dir, files=files),
+               status, code) for i, (label, files, status, code) in enumerate(cases)]
+    probes.append(("metadata description", publish(
+        client, token, "alice/tiny", "2", lora_dir, metadata={"description": "a\0b"}),
+        400, "invalid_request"))
+    expect_problems(probes)
+    assert blobs(app) == []
+    assert_problem(client.get(f"{BASE}/alice/tiny"), 404, "not_found")
+
+
+def test_card_description_over_the_api_limit_is_refused_and_listings_stay_small(
+        client, make_user, lora_dir):
+    token = make_user("alice")
+    huge = ("---\nlicense: mit\ndescription: " + "d" * 4_000_000 + "\n---\n").encode()
+    body = assert_problem(publish(client, token, "alice/huge", "1", lora_dir,
+                                  files={"README.md": huge}), 400, "invalid_request")
+    assert "description" in body["detail"] and "10000" in body["detail"]
+    longest = ("---\nlicense: mit\ndescription: " + "d" * 10_000 + "\n---\n").encode()
+    for i in range(5):
+        assert publish(client, token, f"alice/a{i}", "1", lora_dir,
+                       files={"README.md": longest}).status_code == 201
+    listing = client.get(f"{BASE}?limit=100")
+    assert [len(item["description"]) for item in listing.get_json()["items"]] == [10_000] * 5
+    assert len(listing.data) < 5 * 12_000
+
+
 # --- licences and README -----------------------------------------------------------------
 
 @SQLITE_ONLY

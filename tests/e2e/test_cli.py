@@ -39,6 +39,23 @@ def test_users_and_tokens_print_working_tokens(settings, client):
     assert missing.exit_code != 0 and "Traceback" not in missing.output
 
 
+def test_tokens_list_shows_prefixes_and_revoke_makes_a_token_401_at_once(settings, client):
+    env = server_env(settings)
+    token = run(["users", "create", "alice"], env).output.split()[-1]
+    read = run(["tokens", "create", "alice", "--scope", "read"], env).output.split()[-1]
+    assert client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {read}"}).status_code == 200
+    listed = run(["tokens", "list", "alice"], env).output
+    assert token[:12] in listed and read[:12] in listed and token not in listed
+    assert "write" in listed and "read" in listed and "UTC" in listed
+    revoked = run(["tokens", "revoke", read[:12]], env)
+    assert "revoked" in revoked.output
+    assert client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {read}"}).status_code == 401
+    assert read[:12] not in run(["tokens", "list", "alice"], env).output
+    again = run(["tokens", "revoke", read[:12]], env, ok=False)
+    assert again.exit_code == 1 and "(not_found)" in again.output
+    assert client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
 def test_tokens_are_stored_hashed(settings, app):
     from sqlalchemy import select
 

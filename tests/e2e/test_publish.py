@@ -363,3 +363,40 @@ def test_a_nul_in_a_path_is_not_found_on_every_backend(client, make_user, lora_d
                 "/api/v1/adapters/al%00ice/tiny", "/api/v1/merges/ab%00cd"):
         assert_problem(client.get(url, headers={"Authorization": f"Bearer {token}"}), 404,
                        "not_found")
+
+
+def test_look_alike_user_names_are_refused_naming_the_existing_user(app, make_user):
+    from sqlalchemy.exc import IntegrityError
+
+    from hub.errors import UserExists
+    from hub.models import User
+    from hub.services.accounts import create_user
+
+    make_user("alice")
+    db = app.extensions["lorastack"].db
+    for look_alike in ("Alice", "AIice", "A1ice", "ALICE"):
+        with pytest.raises(UserExists, match="looks like the existing user 'alice'"):
+            with db.session() as session:
+                create_user(session, look_alike)
+    # The unique index holds even where the service check is bypassed.
+    with pytest.raises(IntegrityError):
+        with db.session() as session:
+            session.add(User(name="aLice", is_admin=False))
+            session.flush()
+    with db.session() as session:
+        assert create_user(session, "alicia").name == "alicia"
+
+
+def test_look_alike_adapter_names_of_one_owner_are_refused_naming_the_existing_one(
+        client, make_user, lora_dir):
+    token = make_user("alice")
+    assert publish(client, token, "alice/my-adapter", "1", lora_dir).status_code == 201
+    for look_alike in ("My-Adapter", "my_adapter", "my.adapter", "MY--ADAPTER"):
+        body = assert_problem(publish(client, token, f"alice/{look_alike}", "1", lora_dir),
+                              400, "invalid_name")
+        assert "alice/my-adapter" in body["detail"]
+    assert publish(client, token, "alice/my-adapter", "2", lora_dir).status_code == 201
+    # Another owner may use the same name.
+    assert publish(client, make_user("bob"), "bob/My-Adapter", "1", lora_dir).status_code == 201
+    names = [item["id"] for item in client.get("/api/v1/adapters?sort=name").get_json()["items"]]
+    assert sorted(names) == ["alice/my-adapter", "bob/My-Adapter"]

@@ -16,3 +16,39 @@ def test_the_migrations_build_exactly_the_models_tables(settings):
             assert compare_metadata(context, Base.metadata) == []
     finally:
         db.dispose()
+
+
+def test_name_keys_migration_keeps_existing_look_alikes_and_bounds_descriptions(settings):
+    from alembic import command
+    from sqlalchemy import text
+
+    from hub.db import alembic_config, upgrade
+    from hub.services.names import name_key
+
+    db = Database(settings.database_url)
+    try:
+        command.downgrade(alembic_config(settings.database_url), "0003")
+        now = "2026-01-01 00:00:00+00:00"
+        with db.engine.begin() as connection:
+            for name in ("alice", "Alice", "bob"):
+                connection.execute(text(
+                    "INSERT INTO users (name, is_admin, created_at) VALUES (:n, false, :t)"),
+                    {"n": name, "t": now})
+            owner = connection.execute(text("SELECT id FROM users WHERE name = 'alice'")).scalar()
+            for name, description in (("my-lora", "d" * 20_000), ("My_Lora", "short")):
+                connection.execute(text(
+                    "INSERT INTO adapters (owner_id, name, description, visibility, downloads,"
+                    " created_at, updated_at) VALUES (:o, :n, :d, 'public', 0, :t, :t)"),
+                    {"o": owner, "n": name, "d": description, "t": now})
+        upgrade(settings.database_url, "head")
+        with db.engine.connect() as connection:
+            users = dict(connection.execute(text("SELECT name, name_key FROM users")).all())
+            adapters = connection.execute(text(
+                "SELECT name, name_key, length(description) FROM adapters ORDER BY id")).all()
+        assert users["alice"] == name_key("alice") and users["bob"] == name_key("bob")
+        assert users["Alice"].startswith(name_key("alice") + "~")
+        assert [tuple(row) for row in adapters] == [
+            ("my-lora", name_key("my-lora"), 10_000), ("My_Lora", adapters[1][1], 5)]
+        assert adapters[1][1].startswith(name_key("my-lora") + "~")
+    finally:
+        db.dispose()

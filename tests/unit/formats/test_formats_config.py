@@ -242,3 +242,12 @@ def test_module_scaling_matches_the_loaded_peft_model(adapters, copy_adapter, rs
             assert module_rank(config, key) == layer.r["default"]
             seen += 1
     assert seen == 6
+
+
+@pytest.mark.parametrize("field", ["base_model_name_or_path", "task_type", "peft_type"])
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\x7f"])
+def test_config_strings_with_nul_or_control_characters_are_refused(adapters, field, char):
+    config = _config(adapters)
+    config[field] = f"a{char}b"
+    with pytest.raises(InvalidAdapterConfig, match=f"`{field}` holds U\\+.*control character"):
+        parse_adapter_config(_dump(config))

@@ -87,3 +87,24 @@ def test_unterminated_front_matter_is_refused():
 def test_readme_over_the_size_limit_is_refused():
     with pytest.raises(InvalidRequest, match="the limit is 100"):
         parse_readme(b"x" * 101, max_bytes=100)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("description", "d" * 10_001), ("base_model", "b" * 257), ("task", "t" * 65),
+    ("pipeline_tag", "p" * 65), ("license_name", "n" * 257)])
+def test_card_fields_over_the_api_limits_are_refused_naming_the_field(field, value):
+    with pytest.raises(InvalidRequest, match=f"`{field}`.*limit"):
+        parse_readme(f"---\n{field}: {value}\n---\n".encode())
+
+
+@pytest.mark.parametrize("field", ["description", "base_model", "task", "license_name",
+                                   "pipeline_tag"])
+@pytest.mark.parametrize("char", ["\\0", "\\x07", "\\ud800"])
+def test_card_fields_with_nul_or_control_characters_are_refused(field, char):
+    with pytest.raises(InvalidRequest, match=f"`{field}` holds U\\+"):
+        parse_readme(f'---\n{field}: "a{char}b"\n---\n'.encode())
+
+
+def test_a_multiline_description_in_the_card_is_kept():
+    info = parse_readme(b"---\ndescription: |\n  one\n  two\n---\n")
+    assert info.front_matter["description"] == "one\ntwo\n"

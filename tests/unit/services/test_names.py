@@ -46,3 +46,20 @@ def test_metadata_refuses_unknown_fields_and_wrong_types():
     for raw in ('{"x": 1}', "[1]", "{bad", '{"task": 5}', '{"visibility": "hidden"}'):
         with pytest.raises(InvalidRequest):
             parse_metadata(raw)
+
+
+@pytest.mark.parametrize("a, b", [("alice", "Alice"), ("alice", "AIice"), ("alice", "A1ice"),
+                                  ("alice", "ALICE"), ("my-lora", "My_Lora"),
+                                  ("my-lora", "my..lora"), ("model0", "MODELO")])
+def test_look_alike_names_share_a_name_key(a, b):
+    from hub.services.names import name_key
+
+    assert name_key(a) == name_key(b)
+
+
+@pytest.mark.parametrize("a, b", [("alice", "alicia"), ("lora-7b", "lora-8b"),
+                                  ("mylora", "my-lora")])
+def test_different_names_keep_different_name_keys(a, b):
+    from hub.services.names import name_key
+
+    assert name_key(a) != name_key(b)
