@@ -9,4 +9,5 @@ api_v1 = Blueprint("api_v1", __name__, url_prefix="/api/v1")
 #: caller is known to own the adapter); every other body is JSON under max_json_bytes.
 UPLOAD_ENDPOINTS = frozenset({"api_v1.publish"})
 
-from hub.api import adapters, merges, meta, openapi, tokens  # noqa: E402,F401  (routes register on api_v1)
+# Imported for their routes, which register on api_v1.
+from hub.api import adapters, merges, meta, openapi, tokens  # noqa: E402,F401
