@@ -26,6 +26,7 @@ Renderer = Callable[[HubError], Response]
 def build_app(settings: Settings | None = None) -> Flask:
     """Create the app: settings from the environment unless given; nothing global."""
     from hub.api import UPLOAD_ENDPOINTS, api_v1
+    from hub.api.limits import install_limits
     from hub.api.problems import problem
     from hub.api.metrics import install_metrics
     from hub.api.uploads import HubRequest
@@ -67,6 +68,9 @@ def build_app(settings: Settings | None = None) -> Flask:
         given = request.headers.get("X-Request-ID", "")
         g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
         g.started = time.perf_counter()  # for the latency histogram (hub.api.metrics)
+
+    # After the hooks above: a refused request still has its id, timer and body limit.
+    install_limits(app, settings)
 
     @app.after_request
     def _echo_request_id(response):

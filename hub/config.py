@@ -49,6 +49,14 @@ class Settings:
     heartbeat_seconds: float = 5.0
     stale_seconds: float = 60.0
     sweep_seconds: float = 15.0
+    # Rate limits, per minute (0 turns one off): failed authentications from one address
+    # (past it, every request from there that carries a token is refused, so a valid token
+    # cannot be guessed there either), and writes (POST, PATCH, DELETE) by one token.
+    auth_failures_per_minute: int = 20
+    writes_per_minute: int = 120
+    # Where the limits count: memory:// holds one process's counts; when several processes
+    # serve (LORASTACK_QUEUE=celery) they share the broker's Redis unless told otherwise.
+    ratelimit_storage_url: str = ""
 
     @property
     def worker_cache_dir(self) -> Path:
@@ -63,6 +71,9 @@ class Settings:
         object.__setattr__(self, "database_url", normalize_database_url(self.database_url))
         if not self.storage_url:
             object.__setattr__(self, "storage_url", f"file://{data_dir.resolve() / 'blobs'}")
+        if not self.ratelimit_storage_url:
+            shared = self.broker_url if self.queue == "celery" and self.broker_url else None
+            object.__setattr__(self, "ratelimit_storage_url", shared or "memory://")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -76,6 +87,7 @@ class Settings:
                           ("LORASTACK_S3_ENDPOINT_URL", "s3_endpoint_url"),
                           ("LORASTACK_QUEUE", "queue"),
                           ("LORASTACK_BROKER_URL", "broker_url"),
+                          ("LORASTACK_RATELIMIT_STORAGE_URL", "ratelimit_storage_url"),
                           ("LORASTACK_SECRET_KEY", "secret_key")):
             if env.get(key):
                 values[attr] = env[key]
@@ -84,6 +96,10 @@ class Settings:
                           ("LORASTACK_PRESIGN_TTL_SECONDS", "presign_ttl")):
             if env.get(key):
                 values[attr] = _positive_int(key, env[key])
+        for key, attr in (("LORASTACK_AUTH_FAILURES_PER_MINUTE", "auth_failures_per_minute"),
+                          ("LORASTACK_WRITES_PER_MINUTE", "writes_per_minute")):
+            if env.get(key):
+                values[attr] = _non_negative_int(key, env[key])
         if env.get("PORT"):
             values["port"] = _positive_int("PORT", env["PORT"])
         if values.get("queue", "inline") not in ("inline", "celery"):
@@ -162,6 +178,16 @@ def _positive_float(name: str, raw: str) -> float:
         raise SystemExit(f"{name} must be a number, got {raw!r}") from None
     if not value > 0 or value == float("inf"):
         raise SystemExit(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
+def _non_negative_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise SystemExit(f"{name} must be 0 (off) or positive, got {raw!r}")
     return value
 
 

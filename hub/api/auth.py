@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import g, request
 
+from hub.api.limits import count_failed_authentication
 from hub.runtime import current_hub
 from hub.errors import Unauthorized
 from hub.services.accounts import Principal, authenticate
@@ -15,11 +16,11 @@ def current_principal() -> Principal | None:
     header = request.headers.get("Authorization")
     principal = None
     if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("Send the token as `Authorization: Bearer <token>`.")
-        with current_hub().db.session() as session:
-            principal = authenticate(session, token.strip())
+        try:
+            principal = _authenticate(header)
+        except Unauthorized:
+            count_failed_authentication()
+            raise
     g.principal = principal
     return principal
 
@@ -30,3 +31,11 @@ def require_principal() -> Principal:
     if principal is None:
         raise Unauthorized("This needs a token: send `Authorization: Bearer <token>`.")
     return principal
+
+
+def _authenticate(header: str) -> Principal:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Send the token as `Authorization: Bearer <token>`.")
+    with current_hub().db.session() as session:
+        return authenticate(session, token.strip())

@@ -1,0 +1,79 @@
+"""Rate limits: failed authentications per address, writes per token (429 rate_limited)."""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+
+from flask import Flask, current_app, request
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.storage import storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+
+from hub.config import Settings
+from hub.errors import RateLimited
+
+EXTENSION_KEY = "lorastack.limits"
+WRITE_METHODS = frozenset({"POST", "PATCH", "DELETE"})
+
+
+class Limits:
+    """One app's fixed-window counters, in memory or in a store shared by its processes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._limiter = FixedWindowRateLimiter(storage_from_string(settings.ratelimit_storage_url))
+        self._auth_failures = _per_minute(settings.auth_failures_per_minute)
+        self._writes = _per_minute(settings.writes_per_minute)
+
+    def refuse_blocked_address(self, address: str) -> None:
+        """429 when `address` has spent its failed authentications in this window."""
+        if self._auth_failures and not self._limiter.test(self._auth_failures, "auth", address):
+            raise self._refusal(self._auth_failures, ("auth", address),
+                                "Too many failed authentications from this address")
+
+    def count_failed_authentication(self, address: str) -> None:
+        """Count one bad token from `address` towards its limit."""
+        if self._auth_failures:
+            self._limiter.hit(self._auth_failures, "auth", address)
+
+    def count_write(self, token: str) -> None:
+        """Count one write by `token`; 429 once it is past its limit in this window."""
+        # The key is a digest: the store (Redis) never holds a usable token.
+        key = hashlib.sha256(token.encode()).hexdigest()
+        if self._writes and not self._limiter.hit(self._writes, "write", key):
+            raise self._refusal(self._writes, ("write", key), "Too many writes with this token")
+
+    def _refusal(self, item: RateLimitItem, key: tuple[str, str], what: str) -> RateLimited:
+        reset = self._limiter.get_window_stats(item, *key).reset_time
+        retry_after = max(1, math.ceil(reset - time.time()))
+        return RateLimited(f"{what} (at most {item.amount} a minute); retry in {retry_after} s.",
+                           retry_after=retry_after)
+
+
+def install_limits(app: Flask, settings: Settings) -> None:
+    """Give `app` its own counters and check them before every request that carries a token."""
+    limits = app.extensions[EXTENSION_KEY] = Limits(settings)
+
+    @app.before_request
+    def _check_limits() -> None:
+        from hub.api.auth import current_principal
+
+        header = request.headers.get("Authorization")
+        if not header:
+            return  # anonymous callers have no token to guess, and cannot write
+        limits.refuse_blocked_address(request.remote_addr or "-")
+        if request.method in WRITE_METHODS:
+            # A write is counted once its token is known good; a bad one counts as a failure.
+            current_principal()
+            limits.count_write(header.partition(" ")[2].strip())
+
+
+def count_failed_authentication() -> None:
+    """Count this request's bad token against its address (called where a token is refused)."""
+    limits: Limits | None = current_app.extensions.get(EXTENSION_KEY)
+    if limits is not None:
+        limits.count_failed_authentication(request.remote_addr or "-")
+
+
+def _per_minute(amount: int) -> RateLimitItem | None:
+    return RateLimitItemPerMinute(amount) if amount > 0 else None
