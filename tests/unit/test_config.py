@@ -85,3 +85,20 @@ def test_signed_urls_are_short_lived_and_bodies_small_unless_set():
     assert (changed.presign_ttl, changed.max_json_bytes) == (30, 4096)
     with pytest.raises(SystemExit, match="LORASTACK_PRESIGN_TTL_SECONDS"):
         Settings.from_env({"LORASTACK_PRESIGN_TTL_SECONDS": "0"})
+
+
+def test_rate_limits_are_read_zero_turns_one_off_and_processes_share_the_broker():
+    settings = Settings.from_env({})
+    assert (settings.auth_failures_per_minute, settings.writes_per_minute,
+            settings.ratelimit_storage_url) == (20, 120, "memory://")
+    changed = Settings.from_env({"LORASTACK_AUTH_FAILURES_PER_MINUTE": "0",
+                                 "LORASTACK_WRITES_PER_MINUTE": "7"})
+    assert (changed.auth_failures_per_minute, changed.writes_per_minute) == (0, 7)
+    celery = Settings.from_env({"LORASTACK_QUEUE": "celery",
+                                "LORASTACK_BROKER_URL": "redis://broker:6379/0"})
+    assert celery.ratelimit_storage_url == "redis://broker:6379/0"
+    own = Settings.from_env({"LORASTACK_QUEUE": "celery", "LORASTACK_BROKER_URL": "redis://b/0",
+                             "LORASTACK_RATELIMIT_STORAGE_URL": "redis://limits/1"})
+    assert own.ratelimit_storage_url == "redis://limits/1"
+    with pytest.raises(SystemExit, match="LORASTACK_WRITES_PER_MINUTE"):
+        Settings.from_env({"LORASTACK_WRITES_PER_MINUTE": "-1"})
