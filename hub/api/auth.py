@@ -4,8 +4,8 @@ from __future__ import annotations
 from flask import g, request
 
 from hub.api.limits import count_failed_authentication
-from hub.runtime import current_hub
 from hub.errors import Unauthorized
+from hub.runtime import current_hub
 from hub.services.accounts import Principal, authenticate
 
 
