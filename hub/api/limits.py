@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 
@@ -13,6 +14,7 @@ from limits.strategies import FixedWindowRateLimiter
 from hub.config import Settings
 from hub.errors import RateLimited
 
+log = logging.getLogger("hub.api.limits")
 EXTENSION_KEY = "lorastack.limits"
 WRITE_METHODS = frozenset({"POST", "PATCH", "DELETE"})
 
@@ -27,21 +29,32 @@ class Limits:
 
     def refuse_blocked_address(self, address: str) -> None:
         """429 when `address` has spent its failed authentications in this window."""
-        if self._auth_failures and not self._limiter.test(self._auth_failures, "auth", address):
+        if self._auth_failures and not self._allowed(self._limiter.test, self._auth_failures,
+                                                     "auth", address):
             raise self._refusal(self._auth_failures, ("auth", address),
                                 "Too many failed authentications from this address")
 
     def count_failed_authentication(self, address: str) -> None:
         """Count one bad token from `address` towards its limit."""
         if self._auth_failures:
-            self._limiter.hit(self._auth_failures, "auth", address)
+            self._allowed(self._limiter.hit, self._auth_failures, "auth", address)
 
     def count_write(self, token: str) -> None:
         """Count one write by `token`; 429 once it is past its limit in this window."""
         # The key is a digest: the store (Redis) never holds a usable token.
         key = hashlib.sha256(token.encode()).hexdigest()
-        if self._writes and not self._limiter.hit(self._writes, "write", key):
+        if self._writes and not self._allowed(self._limiter.hit, self._writes, "write", key):
             raise self._refusal(self._writes, ("write", key), "Too many writes with this token")
+
+    @staticmethod
+    def _allowed(call, *args) -> bool:
+        """The counter's answer; True (let through, logged) when its store cannot be reached:
+        a rate limit must not take the hub down with it."""
+        try:
+            return call(*args)
+        except Exception as error:  # redis or another store's own connection errors
+            log.warning("rate limits unavailable, request let through: %s", error)
+            return True
 
     def _refusal(self, item: RateLimitItem, key: tuple[str, str], what: str) -> RateLimited:
         reset = self._limiter.get_window_stats(item, *key).reset_time

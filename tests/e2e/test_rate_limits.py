@@ -103,3 +103,21 @@ def test_processes_sharing_a_redis_store_share_the_counts(settings, make_user, t
                                        environ_base=ATTACKER))
     finally:
         redis.stop()
+
+
+def test_an_unreachable_limit_store_lets_requests_through(settings, make_user):
+    from hub import create_app
+    from tests.support.moto_server import free_port
+
+    token = make_user("alice")
+    app = create_app(settings.with_overrides(
+        ratelimit_storage_url=f"redis://127.0.0.1:{free_port()}/0"))
+    try:
+        client = app.test_client()
+        for _ in range(3):
+            assert client.get("/api/v1/whoami",
+                              headers={"Authorization": f"Bearer {token}"}).status_code == 200
+            assert client.get("/api/v1/whoami",
+                              headers={"Authorization": "Bearer nope"}).status_code == 401
+    finally:
+        app.extensions["lorastack"].close()
