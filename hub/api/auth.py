@@ -6,6 +6,7 @@ from flask import g, request
 from hub.api.limits import count_failed_authentication
 from hub.errors import Unauthorized
 from hub.runtime import current_hub
+from hub.services.access import require_token
 from hub.services.accounts import Principal, authenticate
 
 
@@ -27,10 +28,7 @@ def current_principal() -> Principal | None:
 
 def require_principal() -> Principal:
     """The caller; 401 when anonymous."""
-    principal = current_principal()
-    if principal is None:
-        raise Unauthorized("This needs a token: send `Authorization: Bearer <token>`.")
-    return principal
+    return require_token(current_principal())
 
 
 def _authenticate(header: str) -> Principal:

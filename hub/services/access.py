@@ -30,10 +30,21 @@ def can_see(principal: Principal | None, adapter: Adapter) -> bool:
     return principal is not None and (principal.is_admin or principal.user_id == adapter.owner_id)
 
 
-def require_writer(principal: Principal | None) -> Principal:
-    """A caller with a write token (merges cost a worker's time)."""
+def require_token(principal: Principal | None) -> Principal:
+    """A caller with a token, of any scope; 401 when anonymous."""
     if principal is None:
         raise Unauthorized("This needs a token: send `Authorization: Bearer <token>`.")
+    return principal
+
+
+def can_see_merge(principal: Principal, requester_id: int) -> bool:
+    """A merge is its requester's (and the admins'): everyone else gets NotFound."""
+    return principal.is_admin or principal.user_id == requester_id
+
+
+def require_writer(principal: Principal | None) -> Principal:
+    """A caller with a write token (merges cost a worker's time)."""
+    principal = require_token(principal)
     if not principal.can_write():
         raise Forbidden("This token has the read scope only; use a write token.")
     return principal

@@ -26,6 +26,7 @@ from hub.models import Adapter, Version
 from hub.services.accounts import Principal
 from hub.services.catalog import get_version
 from hub.services.layouts import source_shapes, version_layout
+from hub.services.names import split_adapter_id
 from hub.storage import BlobStore
 
 SPEC_FIELDS = {"sources", "method", "rank", "density", "majority_sign_method", "seed",
@@ -127,9 +128,10 @@ def _parse_source(index: int, raw: object) -> SourceRef:
     if unknown:
         raise InvalidMerge(f"{where} has unknown field(s) {', '.join(unknown)}")
     adapter = raw.get("adapter")
-    owner, slash, name = adapter.partition("/") if isinstance(adapter, str) else ("", "", "")
-    if not slash or not owner or not name or "/" in name:
+    parts = split_adapter_id(adapter)
+    if parts is None:
         raise InvalidMerge(f"{where}.adapter must be 'owner/name', got {adapter!r}")
+    owner, name = parts
     version = raw.get("version", "latest")
     if not isinstance(version, str) or not version:
         raise InvalidMerge(f"{where}.version must be a version label or 'latest'")
@@ -184,11 +186,18 @@ def _resolve(session: Session, store: BlobStore, principal: Principal | None,
     return PlannedSource(adapter, version, ref.weight, version_layout(session, store, version))
 
 
+def source_license(version: Version, owned: bool) -> SourceLicense:
+    """A source version's licence as the licence rules take it (hub.licenses.derive)."""
+    adapter = version.adapter
+    return SourceLicense(version.license, version.license_name, version.license_link,
+                         requester_owns=owned,
+                         source=f"{adapter.owner.name}/{adapter.name}@{version.label}")
+
+
 def _derive(principal: Principal | None,
             sources: list[PlannedSource]) -> tuple[DerivedLicense, list[str]]:
-    given = [SourceLicense(s.version.license, s.version.license_name, s.version.license_link,
-                           requester_owns=principal is not None and principal.owns(
-                               s.adapter.owner.name), source=s.label) for s in sources]
+    given = [source_license(s.version, principal is not None
+                            and principal.owns(s.adapter.owner.name)) for s in sources]
     derived = derive_license(given)
     reasons = [f"{s.label} is under {s.version.license}" for s in sources]
     if derived.id == "other" and len({g.license_id for g in given}) > 1:

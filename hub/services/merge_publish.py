@@ -11,12 +11,14 @@ from sqlalchemy.orm import Session
 
 from hub.errors import InvalidMerge, InvalidRequest, LicenseForbidsMerge, MergeExpired
 from hub.formats import ALLOWED_FILES
-from hub.licenses import SourceLicense, derive_license
+from hub.licenses import derive_license
 from hub.models import Merge, utcnow
 from hub.services.access import require_owner
 from hub.services.accounts import Principal
+from hub.services.merge_plan import source_license
 from hub.services.merges import get_merge, is_expired
-from hub.services.names import check_adapter_name, check_user_name, parse_metadata
+from hub.services.names import (check_adapter_name, check_user_name, parse_metadata,
+                                split_adapter_id)
 from hub.services.publish import LicenseChoice, PublishResult, Upload, publish_version
 from hub.storage import BlobStore
 
@@ -79,19 +81,17 @@ def publish_merge(session: Session, store: BlobStore, tmp_dir: Path,
 
 
 def _target(adapter: object) -> tuple[str, str]:
-    owner, slash, name = adapter.partition("/") if isinstance(adapter, str) else ("", "", "")
-    if not slash or not owner or not name or "/" in name:
+    parts = split_adapter_id(adapter)
+    if parts is None:
         raise InvalidRequest(f"'adapter' must be 'owner/name', got {adapter!r}")
-    return check_user_name(owner), check_adapter_name(name)
+    return check_user_name(parts[0]), check_adapter_name(parts[1])
 
 
 def _license(merge, owner: str, link: object) -> LicenseChoice:
     """The merge's licence, derived again for the publishing owner: a no-derivatives source
     may be merged by its owner, but published only under that owner's name."""
-    given = [SourceLicense(s.version.license, s.version.license_name, s.version.license_link,
-                           requester_owns=s.version.adapter.owner.name == owner,
-                           source=f"{s.version.adapter.owner.name}/{s.version.adapter.name}"
-                                  f"@{s.version.label}") for s in merge.sources]
+    given = [source_license(s.version, s.version.adapter.owner.name == owner)
+             for s in merge.sources]
     try:
         derived = derive_license(given)
     except LicenseForbidsMerge as error:

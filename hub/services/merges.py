@@ -15,11 +15,10 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from hub.config import Settings
-from hub.errors import (InvalidRequest, MergeExpired, NotFound, RateLimited,
-                        Unauthorized)
+from hub.errors import (InvalidRequest, MergeExpired, NotFound, RateLimited)
 from hub.models import (ACTIVE_STATUSES, Adapter, Merge, MergeFile, MergeSource, Version,
                         utcnow)
-from hub.services.access import require_writer
+from hub.services.access import can_see_merge, require_token, require_writer
 from hub.services.accounts import Principal
 from hub.services.blobs import lock_blobs
 from hub.services.merge_plan import MergePlan, MergeRequest, plan_merge, request_view
@@ -120,12 +119,11 @@ def _merge_query():
 
 def get_merge(session: Session, principal: Principal | None, merge_id: str) -> Merge:
     """The merge, to its requester and admins; NotFound to everyone else."""
-    if principal is None:
-        raise Unauthorized("This needs a token: send `Authorization: Bearer <token>`.")
+    principal = require_token(principal)
     merge = None
     if isinstance(merge_id, str) and len(merge_id) <= 32:
         merge = session.scalar(_merge_query().where(Merge.id == merge_id))
-    if merge is None or not (principal.is_admin or merge.requester_id == principal.user_id):
+    if merge is None or not can_see_merge(principal, merge.requester_id):
         raise NotFound(f"No merge {merge_id}.")
     return merge
 
@@ -133,8 +131,7 @@ def get_merge(session: Session, principal: Principal | None, merge_id: str) -> M
 def list_merges(session: Session, principal: Principal | None, limit: int = 20,
                 cursor: str | None = None) -> tuple[list[Merge], str | None]:
     """The caller's merges, newest first, one keyset page at a time."""
-    if principal is None:
-        raise Unauthorized("This needs a token: send `Authorization: Bearer <token>`.")
+    principal = require_token(principal)
     stmt = _merge_query().where(Merge.requester_id == principal.user_id)
     if cursor:
         created, last_id = _decode_cursor(cursor)

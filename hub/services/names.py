@@ -77,6 +77,14 @@ def check_version_label(label: str) -> str:
     return label
 
 
+def split_adapter_id(value: object) -> tuple[str, str] | None:
+    """('owner', 'name') of an 'owner/name' string, or None when it is not that shape."""
+    owner, slash, name = value.partition("/") if isinstance(value, str) else ("", "", "")
+    if not slash or not owner or not name or "/" in name:
+        return None
+    return owner, name
+
+
 def check_tags(tags: object) -> list[str]:
     """A de-duplicated list of valid tags, or InvalidRequest."""
     if isinstance(tags, str):
