@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from hub.config import Settings
 from hub.errors import (FileTooLarge, HubError, InternalError, InvalidRequest, MethodNotAllowed,
                         NotFound)
+from hub.resources import STATIC_DIR
 from hub.runtime import EXTENSION_KEY, open_hub
 
 log = logging.getLogger("hub.app")
@@ -33,7 +34,7 @@ def build_app(settings: Settings | None = None) -> Flask:
     from hub.jobs import open_queue
 
     settings = settings or Settings.from_env()
-    app = Flask("hub")
+    app = Flask("hub", static_folder=str(STATIC_DIR), static_url_path="/static")
     app.request_class = HubRequest
     app.config.update(
         SECRET_KEY=settings.resolved_secret_key(),

@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from hub.errors import DatabaseUnavailable
+from hub.resources import MIGRATIONS_DIR
 
 # Stable constraint names, so Alembic migrations name things the same on every backend.
 NAMING_CONVENTION = {
@@ -21,8 +22,6 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-# Inside the package (as warehouse keeps warehouse/migrations), so an installed wheel has them.
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 class Base(DeclarativeBase):
