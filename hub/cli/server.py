@@ -35,22 +35,30 @@ def _in_session(action):
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=int, default=None, help="Port (default: PORT or 8000).")
-@click.option("--workers", type=int, default=1, show_default=True, help="gunicorn workers.")
-@click.option("--threads", type=int, default=8, show_default=True, help="Threads per worker.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Web processes (default: one per core).")
+@click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Request threads per process.")
 @click.option("--debug", is_flag=True, help="Flask's development server with the debugger.")
-def serve(host: str, port: int | None, workers: int, threads: int, debug: bool) -> None:
-    """Apply migrations, then serve the hub (gunicorn, threaded workers)."""
+def serve(host: str, port: int | None, workers: int | None, threads: int, debug: bool) -> None:
+    """Apply migrations, then serve the hub (gunicorn processes reading requests with
+    waitress: a slow client never holds a thread; see hub.cli.serving)."""
     from hub import create_app
+    from hub.cli.serving import WaitressWorker, default_workers
     from hub.db import upgrade
 
     settings = _settings()
     port = port or settings.port
+    workers = workers or default_workers()
     upgrade(settings.database_url)
     click.echo(f"lorastack serving on http://{host}:{port} (database {_redact(settings.database_url)},"
-               f" storage {settings.storage_url})")
+               f" storage {settings.storage_url}; {workers} process(es) x {threads} threads)")
     if debug:
         create_app(settings).run(host=host, port=port, debug=True)
         return
+    if workers > 1 and settings.ratelimit_storage_url.startswith("memory"):
+        click.echo("note: rate limits count in each process's memory; set"
+                   " LORASTACK_RATELIMIT_STORAGE_URL (Redis) for one count across them", err=True)
     from gunicorn.app.base import BaseApplication
 
     class _Gunicorn(BaseApplication):
@@ -58,12 +66,11 @@ def serve(host: str, port: int | None, workers: int, threads: int, debug: bool) 
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
             self.cfg.set("threads", threads)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("timeout", 0)  # uploads of several GB must not be killed
+            self.cfg.set("worker_class", WaitressWorker)
+            # Requests are read whole before a thread runs them, and a multi-GB upload may
+            # take its time in the app: no worker is killed for being slow.
+            self.cfg.set("timeout", 0)
             self.cfg.set("accesslog", "-")
-            # One line per request with its id (the X-Request-ID the app sets or echoes).
-            self.cfg.set("access_log_format",
-                         '%(h)s "%(r)s" %(s)s %(B)sB %(M)sms id=%({x-request-id}o)s')
 
         def load(self):
             return create_app(settings)

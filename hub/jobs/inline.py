@@ -25,6 +25,9 @@ from hub.services.merge_run import MergeRunner
 from hub.services.merge_sweep import mark_sent, sweep_stale
 
 log = logging.getLogger("hub.jobs.inline")
+#: How often the process that runs merges looks for queued ones: a merge requested through
+#: another web process wakes that process's thread, not this one.
+POLL_SECONDS = 1.0
 
 
 class InlineQueue:
@@ -72,7 +75,8 @@ class InlineQueue:
                 log.warning("inline worker: %s", error.detail)
             except Exception:
                 log.exception("inline worker")
-            self._wake.wait(self.hub.settings.sweep_seconds)
+            idle = self.hub.settings.sweep_seconds
+            self._wake.wait(min(idle, POLL_SECONDS) if self._lock_file is not None else idle)
             self._wake.clear()
 
     def _runs_merges(self) -> bool:
