@@ -10,8 +10,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from hub.errors import InvalidAdapterConfig, TensorMismatch
+from hub.errors import TensorMismatch
 from hub.formats.foreign import foreign_hint
+from hub.formats.patterns import fullmatches, layer_index
 from hub.formats.peft_config import MAX_TENSOR_NAME_LEN, PEFT_PREFIX, module_rank
 from hub.formats.safetensors_file import SafetensorsHeader, TensorEntry, quote
 from hub.formats.text import describe_char, unstorable_char
@@ -85,22 +86,13 @@ def _in_layers(config: dict, module: str) -> bool:
         return True
     patterns = config.get("layers_pattern") or []
     patterns = [patterns] if isinstance(patterns, str) else patterns
-    match = None
     if not patterns:
         match = _ANY_LAYER_INDEX.match(module)
-    for pattern in patterns:
-        try:
-            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", module)
-        except re.error as exc:  # e.g. a pattern that defines its own group "idx"
-            raise InvalidAdapterConfig(f"`layers_pattern` {quote(pattern)} does not combine"
-                                       f" into PEFT's layer pattern: {exc}") from None
-        if match is not None:
-            break
-    # An alternation in the pattern can match with the index group left empty: as in
-    # PEFT, that is no layer index.
-    if match is None or match.group("idx") is None:
+        index = int(match.group("idx")) if match is not None else None
+    else:
+        index = layer_index(patterns, module)
+    if index is None:
         return False
-    index = int(match.group("idx"))
     return index == layers if isinstance(layers, int) else index in layers
 
 
@@ -113,7 +105,7 @@ def is_target(config: dict, module: str) -> bool:
     filled them in from the model type) matches any module.
     """
     excluded = config.get("exclude_modules")
-    if isinstance(excluded, str) and re.fullmatch(excluded, module):
+    if isinstance(excluded, str) and fullmatches(excluded, module):
         return False
     if isinstance(excluded, list) and _listed(module, excluded):
         return False
@@ -125,7 +117,7 @@ def is_target(config: dict, module: str) -> bool:
     if targets is None:
         return not parameters
     if isinstance(targets, str):
-        return targets == "all-linear" or re.fullmatch(targets, module) is not None
+        return targets == "all-linear" or fullmatches(targets, module)
     if module in targets:  # named in full: layers_to_transform does not apply
         return True
     return _listed(module, targets) and _in_layers(config, module)

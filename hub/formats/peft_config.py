@@ -1,47 +1,19 @@
 """adapter_config.json and its agreement with the tensors, in PEFT's own naming."""
 from __future__ import annotations
 
-import functools
 import json
 import math
-import re
-from re import _constants, _parser  # the parse tree re itself uses
 from typing import Any
 
 from hub.errors import InvalidAdapterConfig
+from hub.formats.patterns import check_pattern, peft_key_matches
 from hub.formats.safetensors_file import quote, strict_json_loads
 from hub.formats.text import describe_char, unstorable_char
 
 MAX_RANK = 65536
-MAX_PATTERN_LEN = 512
 MAX_PATTERN_KEYS = 4096  # one entry per module of a 70B model is ~600
 MAX_TENSOR_NAME_LEN = 1024  # also bounds the work user-supplied regexes do
 PEFT_PREFIX = "base_model.model."
-_REPEATS = {_constants.MAX_REPEAT, _constants.MIN_REPEAT, _constants.POSSESSIVE_REPEAT}
-
-
-def _backtracks(parsed) -> bool:
-    """Whether a parsed pattern repeats something that can itself match in several ways
-    (another repeat or an alternation: "(a+)+", "(a|a)*", "((a+))+"), the shapes whose
-    backtracking is exponential; Python's re has no timeout."""
-    def ambiguous(items) -> bool:
-        for op, av in items:
-            if op in _REPEATS and av[1] > 1:
-                return True
-            if op == _constants.BRANCH:
-                return True
-            if op == _constants.SUBPATTERN and ambiguous(av[-1]):
-                return True
-        return False
-
-    for op, av in parsed:
-        if op in _REPEATS and av[1] > 1 and ambiguous(av[2]):
-            return True
-        children = (av[2],) if op in _REPEATS else (av[-1],) if op == _constants.SUBPATTERN \
-            else av[1] if op == _constants.BRANCH else ()
-        if any(_backtracks(child) for child in children):
-            return True
-    return False
 
 
 def parse_adapter_config(data: bytes, *, max_bytes: int = 1_000_000) -> dict:
@@ -102,21 +74,6 @@ def _positive_alpha(value: Any, what: str) -> float:
     return float(value)
 
 
-def _check_pattern_key(key: Any, what: str) -> None:
-    if not isinstance(key, str) or not key or len(key) > MAX_PATTERN_LEN:
-        raise InvalidAdapterConfig(f"{what} keys must be non-empty strings up to "
-                                   f"{MAX_PATTERN_LEN} characters, got {quote(key)}")
-    try:
-        parsed = _parser.parse(key)
-        re.compile(key)
-    except (re.error, OverflowError, RecursionError) as exc:
-        raise InvalidAdapterConfig(f"{what} key {quote(key)} is not a valid regex: {exc}") from None
-    if _backtracks(parsed):
-        raise InvalidAdapterConfig(f"{what} key {quote(key)} repeats a group that can match in"
-                                   " several ways (nested quantifiers or an alternation under"
-                                   " one); use a simpler pattern")
-
-
 def _check_lora_fields(config: dict) -> None:
     _positive_rank(config.get("r"), "`r`")
     _positive_alpha(config.get("lora_alpha"), "`lora_alpha`")
@@ -128,7 +85,7 @@ def _check_lora_fields(config: dict) -> None:
     # exclude_modules, and layers_pattern): the key checks decide with them, so they get the
     # same screening as rank_pattern's keys.
     if isinstance(targets, str) and targets != "all-linear":
-        _check_pattern_key(targets, "`target_modules`")
+        check_pattern(targets, "`target_modules`")
     for name in ("modules_to_save", "exclude_modules", "target_parameters", "layers_pattern"):
         value = config.get(name)
         if value is None:
@@ -139,7 +96,7 @@ def _check_lora_fields(config: dict) -> None:
             raise InvalidAdapterConfig(f"`{name}` must be a list of strings or null")
         if name != "target_parameters":
             for pattern in value:
-                _check_pattern_key(pattern, f"`{name}`")
+                check_pattern(pattern, f"`{name}` entry")
     layers = config.get("layers_to_transform")
     if not (layers is None or _is_int(layers)
             or (isinstance(layers, list) and all(_is_int(i) for i in layers))):
@@ -157,20 +114,15 @@ def _check_lora_fields(config: dict) -> None:
             raise InvalidAdapterConfig(f"`{name}` has {len(pattern)} entries; the limit is "
                                        f"{MAX_PATTERN_KEYS}")
         for key, value in pattern.items():
-            _check_pattern_key(key, f"`{name}`")
+            check_pattern(key, f"`{name}` key")
             check(value, f"`{name}[{quote(key)}]`")
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled(pattern_keys: tuple[str, ...]) -> list[tuple[str, re.Pattern[str]]]:
-    # Compiled once per config: re's own cache holds only 512 patterns.
-    return [(key, re.compile(rf"(.*\.)?({key})$")) for key in pattern_keys]
-
-
 def get_pattern_key(pattern_keys: Any, key_to_match: str) -> str:
-    """The first pattern key matching the module name, as peft.utils.other.get_pattern_key."""
-    for key, regex in _compiled(tuple(pattern_keys)):
-        if regex.match(key_to_match):
+    """The first pattern key matching the module name, as peft.utils.other.get_pattern_key
+    (matched with RE2: hub.formats.patterns)."""
+    for key in pattern_keys:
+        if peft_key_matches(key, key_to_match):
             return key
     return key_to_match
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import struct
 import tempfile
@@ -15,6 +14,7 @@ from typing import Iterator
 import torch
 
 from hub.errors import InvalidMerge
+from hub.formats.patterns import peft_key_matches
 
 PREFIX = "base_model.model."
 REPORT_NAME = "merge_report.json"
@@ -29,11 +29,6 @@ def lora_keys(module: str, kind: str) -> tuple[str, str]:
     return f"{PREFIX}{module}.lora_A.weight", f"{PREFIX}{module}.lora_B.weight"
 
 
-def _matches(pattern: str, name: str) -> bool:
-    # PEFT's get_pattern_key semantics: the pattern matches the end of the name at a dot.
-    return re.match(rf"(.*\.)?({pattern})$", name) is not None
-
-
 def pattern_key_for(name: str, names: list[str]) -> str:
     """The shortest dot-suffix of `name` (with a prefix left) that matches no other module.
 
@@ -44,7 +39,7 @@ def pattern_key_for(name: str, names: list[str]) -> str:
         if parts[start].isdigit():
             continue  # "layers.0.q_proj" reads better than "0.q_proj"
         suffix = ".".join(parts[start:])
-        if not any(_matches(suffix, other) for other in names if other != name):
+        if not any(peft_key_matches(suffix, other) for other in names if other != name):
             return suffix
     return name
 

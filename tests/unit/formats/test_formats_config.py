@@ -69,7 +69,9 @@ def test_config_over_the_size_limit_is_refused(adapters):
     ("rank_pattern", {"q_proj": 0}, r"`rank_pattern\['q_proj'\]`"),
     ("rank_pattern", {"q_proj": 2.5}, r"`rank_pattern\['q_proj'\]`"),
     ("rank_pattern", {"(q_proj": 2}, "not a valid regex"),
-    ("rank_pattern", {"(a+)+": 2}, "nested quantifiers"),
+    ("rank_pattern", {r"(q)\1_proj": 2}, "cannot be matched in linear time"),
+    ("alpha_pattern", {r"(?<=self_attn\.)q_proj": 2}, "cannot be matched in linear time"),
+    ("rank_pattern", {"(?>q)_proj": 2}, "cannot be matched in linear time"),
     ("alpha_pattern", {"v_proj": -1}, r"`alpha_pattern\['v_proj'\]`"),
     ("rank_pattern", {f"m{i}": 2 for i in range(5000)}, "5000 entries; the limit is 4096"),
     ("base_model_name_or_path", 7, "`base_model_name_or_path`"),
@@ -102,6 +104,13 @@ def test_non_lora_config_needs_only_peft_type(adapters):
     ({"proj": 2}, "model.layers.0.self_attn.q_proj", 4),  # no partial-name match
     ({r"layers\.[01]\..*q_proj": 3}, "model.layers.1.self_attn.q_proj", 3),
     ({"^model.layers.0.self_attn.q_proj": 2}, "model.layers.0.self_attn.q_proj", 2),
+    ({"q_proj|v_proj": 3}, "model.layers.0.self_attn.v_proj", 3),
+    ({r"self_attn\.(q|k)_proj": 5, "k_proj": 6}, "model.layers.0.self_attn.k_proj", 5),
+    ({"k_proj": 6, r"self_attn\.(q|k)_proj": 5}, "model.layers.0.self_attn.k_proj", 6),
+    ({r"layers\.\d+\.mlp\..*": 7}, "model.layers.12.mlp.down_proj", 7),
+    ({"(a|a)*": 2}, "model.aaaa", 2),  # hostile shapes keep PEFT's meaning on short names
+    ({".*a.*b.*c.*d": 2}, "x.abcd", 2),
+    ({"(.*a){3}": 2}, "x.abcaba", 2),
 ])
 def test_rank_pattern_matches_module_names_as_peft_does(patterns, module, expected):
     from peft.utils.other import get_pattern_key as peft_get_pattern_key

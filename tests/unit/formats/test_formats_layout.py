@@ -162,13 +162,43 @@ def test_a_layers_pattern_that_leaves_no_index_is_a_clear_refusal(copy_adapter, 
     assert info.value.status in (400, 422)
 
 
-@pytest.mark.parametrize("pattern", ["(a+)+", "((a+))+", "(a|a)+", "(a|aa)*b"])
-def test_patterns_that_backtrack_exponentially_are_refused(copy_adapter, pattern):
+HOSTILE = ["(a|a)*$", "(.*a){25}", ".*a.*b.*c.*d", ".*.*.*.*.*=", "(a+)+", "(x+x+)+y"]
+
+
+def test_hostile_patterns_are_matched_in_linear_time_at_upload(copy_adapter):
+    """Patterns that take Python's backtracking re minutes against a long module name (the
+    names are an upload's own) are matched by RE2 in a blink; the adapter is accepted."""
+    import time
+
+    from formats_support import read_raw, write_raw
+
+    folder = copy_adapter("lora")
+    header, data = read_raw(folder / WEIGHTS)
+    long_part = "abc" * 150 + "a" * 40
+    renamed = {key.replace("self_attn.", f"self_attn.{long_part}."): value
+               for key, value in header.items()}
+    write_raw(folder / WEIGHTS, renamed, data)
+    config = json.loads((folder / CONFIG).read_text())
+    config["rank_pattern"] = {pattern: config["r"] for pattern in HOSTILE}
+    config["alpha_pattern"] = {pattern: config["lora_alpha"] for pattern in HOSTILE}
+    (folder / CONFIG).write_text(json.dumps(config))
+    started = time.perf_counter()
+    info = validate_upload(files_of(folder))
+    assert time.perf_counter() - started < 1.0
+    assert info.mergeable
+
+
+@pytest.mark.parametrize("field", ["target_modules", "exclude_modules", "layers_pattern"])
+@pytest.mark.parametrize("pattern", [r"(q)\1", "(?=q)q_proj", "(?<!k)_proj", "q_proj++"])
+def test_patterns_re2_cannot_match_are_refused_by_name(copy_adapter, field, pattern):
     from hub.errors import InvalidAdapterConfig
 
     folder = copy_adapter("lora")
     config = json.loads((folder / CONFIG).read_text())
-    config["target_modules"] = pattern
+    config[field] = pattern
+    if field == "layers_pattern":
+        config["layers_to_transform"] = [0]
     (folder / CONFIG).write_text(json.dumps(config))
-    with pytest.raises(InvalidAdapterConfig, match="several ways"):
+    with pytest.raises(InvalidAdapterConfig, match="linear time|not a valid regex") as info:
         validate_upload(files_of(folder))
+    assert f"`{field}`" in info.value.detail and info.value.status in (400, 422)
