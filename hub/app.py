@@ -46,6 +46,13 @@ def build_app(settings: Settings | None = None) -> Flask:
     app.extensions[EXTENSION_KEY] = hub
     (settings.data_dir / "tmp").mkdir(parents=True, exist_ok=True)
     hub.queue = open_queue(hub)
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # The last N proxies' X-Forwarded-For / -Proto are believed: remote_addr becomes
+        # the caller's address for the rate limits, and url_for the scheme it used.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies,
+                                x_proto=settings.trusted_proxies)
     app.register_blueprint(api_v1)
     _register_error_handlers(app, [("/api/", problem)])
     install_metrics(app)

@@ -57,6 +57,10 @@ class Settings:
     # Where the limits count: memory:// holds one process's counts; when several processes
     # serve (LORASTACK_QUEUE=celery) they share the broker's Redis unless told otherwise.
     ratelimit_storage_url: str = ""
+    # How many reverse proxies in front of the hub set X-Forwarded-For / -Proto: the
+    # caller's address (rate limits, logs) is then taken from that header, never otherwise
+    # (a client could write any address into it).
+    trusted_proxies: int = 0
 
     @property
     def worker_cache_dir(self) -> Path:
@@ -97,7 +101,8 @@ class Settings:
             if env.get(key):
                 values[attr] = _positive_int(key, env[key])
         for key, attr in (("LORASTACK_AUTH_FAILURES_PER_MINUTE", "auth_failures_per_minute"),
-                          ("LORASTACK_WRITES_PER_MINUTE", "writes_per_minute")):
+                          ("LORASTACK_WRITES_PER_MINUTE", "writes_per_minute"),
+                          ("LORASTACK_TRUSTED_PROXIES", "trusted_proxies")):
             if env.get(key):
                 values[attr] = _non_negative_int(key, env[key])
         if env.get("PORT"):

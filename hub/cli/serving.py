@@ -278,7 +278,10 @@ def make_servers(app, gate: BodyGate, sockets: list, *, threads: int, access_log
         max_request_header_size=MAX_HEADER_BYTES,
         # The gate sets each request's own limit; this is the ceiling of all of them.
         max_request_body_size=max(gate.max_upload, gate.max_json) + 1,
-        asyncore_use_poll=True, expose_tracebacks=False, log_socket_errors=False)
+        asyncore_use_poll=True, expose_tracebacks=False, log_socket_errors=False,
+        # X-Forwarded-* reach the app, which alone decides whether to believe them
+        # (LORASTACK_TRUSTED_PROXIES, werkzeug's ProxyFix in hub.app).
+        clear_untrusted_proxy_headers=False)
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(threads)
     socket_map: dict = {}

@@ -121,3 +121,33 @@ def test_an_unreachable_limit_store_lets_requests_through(settings, make_user):
                               headers={"Authorization": "Bearer nope"}).status_code == 401
     finally:
         app.extensions["lorastack"].close()
+
+
+PROXY = {"REMOTE_ADDR": "10.0.0.2"}
+
+
+def _bad_tokens_via(client, count: int, forwarded_for: str) -> list[int]:
+    return [client.get("/api/v1/whoami", headers={**auth(f"lsk_wrong{i}"),
+                                                  "X-Forwarded-For": forwarded_for},
+                       environ_base=PROXY).status_code for i in range(count)]
+
+
+@pytest.mark.parametrize("settings", ["sqlite-local"], indirect=True)
+def test_behind_a_trusted_proxy_each_forwarded_address_has_its_own_count(settings):
+    from hub import create_app
+
+    client = create_app(settings.with_overrides(trusted_proxies=1)).test_client()
+    assert _bad_tokens_via(client, FAILURES + 1, "203.0.113.7")[-1] == 429
+    # Another caller behind the same proxy is not blocked by the first one's failures.
+    assert _bad_tokens_via(client, 1, "198.51.100.9") == [401]
+    # The proxy appends the address it saw: what a client wrote before it is not believed.
+    assert _bad_tokens_via(client, 1, "198.51.100.77, 203.0.113.7") == [429]
+
+
+@pytest.mark.parametrize("settings", ["sqlite-local"], indirect=True)
+def test_without_trusted_proxies_x_forwarded_for_is_ignored(settings):
+    from hub import create_app
+
+    client = create_app(settings).test_client()
+    statuses = [_bad_tokens_via(client, 1, f"192.0.2.{i}")[0] for i in range(FAILURES + 1)]
+    assert statuses[-1] == 429, statuses  # one count: the peer's, whatever the header says

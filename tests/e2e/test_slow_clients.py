@@ -2,6 +2,7 @@
 server process, raw sockets, bounded checks (never a benchmark)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -195,7 +196,6 @@ def test_headers_and_bodies_that_stall_are_cut_off_after_their_timeouts(tmp_path
     from types import SimpleNamespace
 
     from flask import Flask
-    from waitress import wasyncore
 
     from hub.cli import serving
 
@@ -206,18 +206,7 @@ def test_headers_and_bodies_that_stall_are_cut_off_after_their_timeouts(tmp_path
     (tmp_path / "tmp").mkdir()
     gate = serving.BodyGate(app, SimpleNamespace(max_json_bytes=MiB, max_upload_bytes=MiB,
                                                  data_dir=tmp_path))
-    listener = socket.create_server(("127.0.0.1", 0))
-    servers, socket_map = serving.make_servers(app, gate, [listener], threads=2)
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            wasyncore.loop(timeout=0.2, map=socket_map, use_poll=True, count=1)
-
-    thread = threading.Thread(target=loop)
-    thread.start()
-    port = listener.getsockname()[1]
-    try:
+    with _serving(app, gate) as port:
         # A header that keeps trickling is cut at the header deadline, though never idle.
         trickle = _connect(port)
         trickle.sendall(b"GET /echo HTTP/1.1\r\n")
@@ -241,9 +230,51 @@ def test_headers_and_bodies_that_stall_are_cut_off_after_their_timeouts(tmp_path
         assert 0.9 < cut.get("header", 99) < 5, cut
         assert 1.9 < cut.get("body", 99) < 8, cut
         assert _raw(port, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 200
+
+
+@contextlib.contextmanager
+def _serving(app, gate):
+    """The hub's waitress servers on a free port, run by a thread of this process."""
+    from waitress import wasyncore
+
+    from hub.cli import serving
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    servers, socket_map = serving.make_servers(app, gate, [listener], threads=2)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            wasyncore.loop(timeout=0.2, map=socket_map, use_poll=True, count=1)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
     finally:
         stop.set()
         thread.join()
         for server in servers:
             server.close()
         servers[0].task_dispatcher.shutdown()
+
+
+@pytest.mark.parametrize("settings", ["sqlite-local"], indirect=True)
+def test_forwarded_addresses_reach_the_app_which_believes_them_only_if_told(settings):
+    from hub import create_app
+    from hub.cli import serving
+
+    def statuses(app, forwarded_for: str, count: int) -> list[int]:
+        with _serving(app, serving.BodyGate(app, settings)) as port:
+            return [_raw(port, b"GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\n"
+                               b"Authorization: Bearer lsk_wrong\r\n"
+                               b"X-Forwarded-For: %s\r\n\r\n" % forwarded_for.encode())[0]
+                    for _ in range(count)]
+
+    limited = settings.with_overrides(auth_failures_per_minute=3)
+    behind_proxy = create_app(limited.with_overrides(trusted_proxies=1))
+    assert statuses(behind_proxy, "203.0.113.7", 4) == [401, 401, 401, 429]
+    assert statuses(behind_proxy, "198.51.100.9", 1) == [401]
+    direct = create_app(limited)  # the header is a client's claim: one count, the peer's
+    assert statuses(direct, "203.0.113.7", 3) + statuses(direct, "198.51.100.9", 1) == \
+        [401, 401, 401, 429]

@@ -102,3 +102,10 @@ def test_rate_limits_are_read_zero_turns_one_off_and_processes_share_the_broker(
     assert own.ratelimit_storage_url == "redis://limits/1"
     with pytest.raises(SystemExit, match="LORASTACK_WRITES_PER_MINUTE"):
         Settings.from_env({"LORASTACK_WRITES_PER_MINUTE": "-1"})
+
+
+def test_trusted_proxies_default_to_none_and_are_checked():
+    assert Settings.from_env({}).trusted_proxies == 0
+    assert Settings.from_env({"LORASTACK_TRUSTED_PROXIES": "2"}).trusted_proxies == 2
+    with pytest.raises(SystemExit, match="LORASTACK_TRUSTED_PROXIES"):
+        Settings.from_env({"LORASTACK_TRUSTED_PROXIES": "-1"})
