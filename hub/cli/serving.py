@@ -215,6 +215,7 @@ class HubRequestParser(HTTPRequestParser):
     def _refuse(self, error: HubError) -> None:
         self.error = ServerError(error)
         self.completed = True
+        self.expect_continue = False  # no "100 Continue": the answer is final
 
 
 class ProblemErrorTask(ErrorTask):

@@ -121,7 +121,7 @@ def test_a_large_json_body_or_an_anonymous_upload_is_refused_before_it_is_sent(h
     port = hub["port"]
     huge = 5 * 1024 * MiB
     status, _, body = _raw(port, b"PATCH /api/v1/adapters/alice/x HTTP/1.1\r\nHost: x\r\n"
-                                 b"Content-Type: application/json\r\n"
+                                 b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
                                  b"Content-Length: %d\r\n\r\n" % huge)
     assert status == 413 and json.loads(body)["code"] == "invalid_request"
     status, headers, body = _raw(port, b"POST /api/v1/adapters/alice/x/versions HTTP/1.1\r\n"
@@ -129,6 +129,10 @@ def test_a_large_json_body_or_an_anonymous_upload_is_refused_before_it_is_sent(h
                                        b"\r\nContent-Length: %d\r\n\r\n" % huge)
     assert status == 401 and json.loads(body)["code"] == "unauthorized"
     assert headers["www-authenticate"].startswith("Bearer")
+    status, _, body = _raw(port, b"POST /api/v1/adapters/alice/x/versions HTTP/1.1\r\n"
+                                 b"Host: x\r\nAuthorization: Bearer lsk_x\r\n"
+                                 b"Content-Length: %d\r\n\r\n" % (11 * 1024 ** 3))
+    assert status == 413 and json.loads(body)["code"] == "file_too_large"
 
 
 def _big_adapter(directory: Path, size: int) -> Path:
