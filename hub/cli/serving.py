@@ -140,19 +140,26 @@ class BodyGate:
 
 
 class _SpoolFile(TempfileBasedBuffer):
-    spool_dir: str | None = None
+    def __init__(self, spool_dir: str, from_buffer=None) -> None:
+        self.spool_dir = spool_dir
+        super().__init__(from_buffer)
 
     def newfile(self):
-        # Under DATA_DIR/tmp, the disk uploads are sized for (not /tmp, often in memory).
+        # Under DATA_DIR/tmp, the disk uploads are sized for (not /tmp, often in memory);
+        # unlinked at once, so nothing is left behind, whatever ends the process.
         return tempfile.TemporaryFile("w+b", dir=self.spool_dir, prefix="spool-")
 
 
 class _SpoolBuffer(OverflowableBuffer):
-    spool_dir: str | None = None
+    """waitress's body buffer: in memory up to inbuf_overflow, then a _SpoolFile."""
+
+    def __init__(self, overflow: int, spool_dir: str) -> None:
+        super().__init__(overflow)
+        self.spool_dir = spool_dir
 
     def _set_large_buffer(self):
         old = self.buf
-        self.buf = type("SpoolFile", (_SpoolFile,), {"spool_dir": self.spool_dir})(old)
+        self.buf = _SpoolFile(self.spool_dir, old)
         if hasattr(old, "close"):
             old.close()
         self.overflowed = True
@@ -208,9 +215,7 @@ class HubRequestParser(HTTPRequestParser):
             self.body_rcv, self.content_length = None, 0
             return
         if self.body_rcv is not None:
-            buffer = _SpoolBuffer(self.adj.inbuf_overflow)
-            buffer.spool_dir = gate.spool_dir
-            self.body_rcv.buf = buffer
+            self.body_rcv.buf = _SpoolBuffer(self.adj.inbuf_overflow, gate.spool_dir)
 
     def _refuse(self, error: HubError) -> None:
         self.error = ServerError(error)
