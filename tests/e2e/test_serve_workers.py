@@ -39,7 +39,7 @@ def test_several_web_processes_share_requests_and_one_runs_the_merges(settings, 
     from hub.services.accounts import create_token, create_user
 
     # A long sweep: a merge may only start quickly because the merging process polls.
-    inline = settings.with_overrides(queue="inline", sweep_seconds=30.0)
+    inline = settings.with_overrides(queue="inline", sweep_seconds=120.0)
     app = create_app(inline)
     hub = app.extensions["lorastack"]
     with hub.db.session() as session:
@@ -52,7 +52,7 @@ def test_several_web_processes_share_requests_and_one_runs_the_merges(settings, 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = HubProcess(["serve", "--workers", str(WORKERS)],
-                        hub_env(inline, PORT=str(port), LORASTACK_SWEEP_SECONDS="30"),
+                        hub_env(inline, PORT=str(port), LORASTACK_SWEEP_SECONDS="120"),
                         tmp_path / "serve.log")
     try:
         deadline = time.monotonic() + 60
@@ -74,7 +74,7 @@ def test_several_web_processes_share_requests_and_one_runs_the_merges(settings, 
                                      timeout=30)
             assert response.status_code == 202, response.text
             ids.append(response.json()["id"])
-            done = _merge_ended(base, token, ids[-1], within=20)
+            done = _merge_ended(base, token, ids[-1], within=45)
             assert done["status"] == "succeeded", (done, server.log()[-3000:])
         lock = os.path.realpath(inline.data_dir / "inline-worker.lock")
         holders = [child.pid for child in children
