@@ -282,3 +282,26 @@ def test_forwarded_addresses_reach_the_app_which_believes_them_only_if_told(sett
     direct = create_app(limited)  # the header is a client's claim: one count, the peer's
     assert statuses(direct, "203.0.113.7", 3) + statuses(direct, "198.51.100.9", 1) == \
         [401, 401, 401, 429]
+
+
+def test_a_chunked_publish_is_spooled_and_a_chunked_json_body_stops_at_its_limit(hub, lora_dir):
+    from hub.cli.http import MultipartStream
+
+    form = MultipartStream([("version", "chunked"), ("license", "apache-2.0")],
+                           [("files", p) for p in sorted(lora_dir.iterdir()) if p.is_file()])
+
+    def chunks():  # a generator: requests sends it chunked, without a Content-Length
+        while data := form.read(100_000):
+            yield data
+
+    response = requests.post(f"{hub['base']}/api/v1/adapters/alice/chunked/versions",
+                             data=chunks(), timeout=60,
+                             headers={"Authorization": f"Bearer {hub['token']}",
+                                      "Content-Type": form.content_type})
+    assert response.status_code == 201, response.text
+    too_big = requests.patch(f"{hub['base']}/api/v1/adapters/alice/chunked", timeout=60,
+                             data=(b" " * 65536 for _ in range(64)),
+                             headers={"Authorization": f"Bearer {hub['token']}",
+                                      "Content-Type": "application/json"})
+    assert too_big.status_code == 413, too_big.text
+    assert too_big.json()["code"] == "invalid_request"
