@@ -86,7 +86,10 @@ class Adapter(Base):
                       Index("ix_adapters_downloads_id", "downloads", "id"),
                       Index("ix_adapters_created_at_id", "created_at", "id"),
                       Index("ix_adapters_updated_at_id", "updated_at", "id"),
-                      Index("ix_adapters_name_id", "name", "id"))
+                      Index("ix_adapters_name_id", "name", "id"),
+                      # Browsing one base model, most downloaded first (the default sort).
+                      Index("ix_adapters_base_model_key_downloads_id", "base_model_key",
+                            "downloads", "id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
@@ -102,7 +105,7 @@ class Adapter(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Derived, never set by hand: written by _refresh_derived below whenever the source
     # column changes. The base model as the catalog's filter compares it (any case)...
-    base_model_key: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
+    base_model_key: Mapped[str | None] = mapped_column(String(256), nullable=True)
     # ... and the name, tags and description as words (hub.services.search).
     search_name: Mapped[str] = mapped_column(Text, default="", deferred=True)
     search_tags: Mapped[str] = mapped_column(Text, default="", deferred=True)

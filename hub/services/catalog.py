@@ -283,18 +283,41 @@ def search_adapters(session: Session, principal: Principal | None,
     """One page of adapters the caller can see, and the cursor of the next page.
 
     The one catalog query every surface uses. Two round trips whatever the page size: the
-    adapters with their owner and latest version label, then their tags.
+    page (its ids found first from the narrow columns the order needs, then joined to the
+    adapters, their owners and latest version labels), then the page's tags.
     """
     terms, sort = query.terms, query.order
     columns, descending, _ = _SORTS[sort]
     keys = [search.score(terms) if column is None else column for column in columns]
     keys.append(Adapter.id)
-    stmt = (select(Adapter, *keys[:-1]).join(Adapter.owner)
+    page = select(*(key.label(f"k{n}") for n, key in enumerate(keys)))
+    page = _filtered(page, principal, query, terms, session.get_bind().dialect.name)
+    if query.cursor:
+        # A row value, not `a < x OR (a = x AND id < y)`: an index range starts at it.
+        after = tuple_(*_decode_cursor(sort, query.cursor))
+        page = page.where(tuple_(*keys) < after if descending else tuple_(*keys) > after)
+    page = page.order_by(*(key.desc() if descending else key.asc() for key in keys))
+    page = page.limit(query.limit + 1).subquery()
+    found = [page.c[f"k{n}"] for n in range(len(keys))]
+    stmt = (select(Adapter, *found[:-1]).join(page, Adapter.id == found[-1])
+            .join(Adapter.owner)
             .options(contains_eager(Adapter.owner), undefer(Adapter.latest_label),
                      selectinload(Adapter.tags))
-            .where(visible_clause(principal)))
+            .order_by(*(key.desc() if descending else key.asc() for key in found)))
+    rows = session.execute(stmt).all()
+    next_cursor = None
+    if len(rows) > query.limit:
+        rows = rows[:query.limit]
+        last = rows[-1]
+        next_cursor = _encode_cursor(sort, [*last[1:], last[0].id])
+    return [row[0] for row in rows], next_cursor
+
+
+def _filtered(stmt, principal: Principal | None, query: Query, terms: Terms, dialect: str):
+    """`stmt` (over adapters) narrowed to what the caller may see and the query asks for."""
+    stmt = stmt.where(visible_clause(principal))
     if terms:
-        stmt = stmt.where(search.matches(terms, session.get_bind().dialect.name))
+        stmt = stmt.where(search.matches(terms, dialect))
     if query.base_model:
         stmt = stmt.where(Adapter.base_model_key == query.base_model.lower())
     if query.license:
@@ -302,19 +325,9 @@ def search_adapters(session: Session, principal: Principal | None,
     if query.task:
         stmt = stmt.where(Adapter.task == query.task)
     if query.owner:
-        stmt = stmt.where(User.name == query.owner)
+        stmt = stmt.where(Adapter.owner_id == select(User.id).where(User.name == query.owner)
+                          .scalar_subquery())
     if query.tag:
         stmt = stmt.where(exists().where(AdapterTag.adapter_id == Adapter.id,
                                          AdapterTag.tag == query.tag))
-    if query.cursor:
-        # A row value, not `a < x OR (a = x AND id < y)`: an index range starts at it.
-        after = tuple_(*_decode_cursor(sort, query.cursor))
-        stmt = stmt.where(tuple_(*keys) < after if descending else tuple_(*keys) > after)
-    order = [key.desc() if descending else key.asc() for key in keys]
-    rows = session.execute(stmt.order_by(*order).limit(query.limit + 1)).all()
-    next_cursor = None
-    if len(rows) > query.limit:
-        rows = rows[:query.limit]
-        last = rows[-1]
-        next_cursor = _encode_cursor(sort, [*last[1:], last[0].id])
-    return [row[0] for row in rows], next_cursor
+    return stmt

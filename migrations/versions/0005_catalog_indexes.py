@@ -77,7 +77,8 @@ def upgrade() -> None:
     op.add_column('adapters', sa.Column('base_model_key', sa.String(length=256),
                                         nullable=True))
     _fill_derived()
-    op.create_index('ix_adapters_base_model_key', 'adapters', ['base_model_key'])
+    op.create_index('ix_adapters_base_model_key_downloads_id', 'adapters',
+                    ['base_model_key', 'downloads', 'id'])
     op.create_index('ix_adapters_downloads_id', 'adapters', ['downloads', 'id'])
     op.create_index('ix_adapters_created_at_id', 'adapters', ['created_at', 'id'])
     op.create_index('ix_adapters_updated_at_id', 'adapters', ['updated_at', 'id'])
@@ -110,7 +111,7 @@ def downgrade() -> None:
     op.drop_index('ix_adapter_tags_tag_adapter_id', table_name='adapter_tags')
     op.create_index('ix_adapter_tags_tag', 'adapter_tags', ['tag'])
     for name in ('ix_adapters_name_id', 'ix_adapters_updated_at_id', 'ix_adapters_created_at_id',
-                 'ix_adapters_downloads_id', 'ix_adapters_base_model_key'):
+                 'ix_adapters_downloads_id', 'ix_adapters_base_model_key_downloads_id'):
         op.drop_index(name, table_name='adapters')
     with op.batch_alter_table('adapters', schema=None) as batch_op:
         for column in ('base_model_key', 'search_text', 'search_tags', 'search_name'):
