@@ -287,6 +287,8 @@ def search_adapters(session: Session, principal: Principal | None,
     adapters, their owners and latest version labels), then the page's tags.
     """
     terms, sort = query.terms, query.order
+    if not terms and query.search and query.search.strip():
+        return [], None  # only punctuation: no word to match (a blank search is no search)
     columns, descending, _ = _SORTS[sort]
     keys = [search.score(terms) if column is None else column for column in columns]
     keys.append(Adapter.id)
