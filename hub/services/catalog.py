@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import exists, select, tuple_, update
+from sqlalchemy import exists, literal, select, tuple_, update
 from sqlalchemy.orm import Session, contains_eager, selectinload, undefer
 
 from hub.errors import InvalidRequest, InvalidVersion, NotFound
@@ -282,37 +282,80 @@ def search_adapters(session: Session, principal: Principal | None,
                     query: Query) -> tuple[list[Adapter], str | None]:
     """One page of adapters the caller can see, and the cursor of the next page.
 
-    The one catalog query every surface uses. Two round trips whatever the page size: the
-    page (its ids found first from the narrow columns the order needs, then joined to the
-    adapters, their owners and latest version labels), then the page's tags.
+    The one catalog query every surface uses. The page's ids are found first from the
+    narrow columns its order needs, then joined to the adapters, their owners and latest
+    version labels in the same statement; the page's tags come in a second.
     """
     terms, sort = query.terms, query.order
     if not terms and query.search and query.search.strip():
         return [], None  # only punctuation: no word to match (a blank search is no search)
     columns, descending, _ = _SORTS[sort]
-    keys = [search.score(terms) if column is None else column for column in columns]
-    keys.append(Adapter.id)
-    page = select(*(key.label(f"k{n}") for n, key in enumerate(keys)))
-    page = _filtered(page, principal, query, terms, session.get_bind().dialect.name)
-    if query.cursor:
-        # A row value, not `a < x OR (a = x AND id < y)`: an index range starts at it.
-        after = tuple_(*_decode_cursor(sort, query.cursor))
-        page = page.where(tuple_(*keys) < after if descending else tuple_(*keys) > after)
-    page = page.order_by(*(key.desc() if descending else key.asc() for key in keys))
-    page = page.limit(query.limit + 1).subquery()
-    found = [page.c[f"k{n}"] for n in range(len(keys))]
-    stmt = (select(Adapter, *found[:-1]).join(page, Adapter.id == found[-1])
-            .join(Adapter.owner)
-            .options(contains_eager(Adapter.owner), undefer(Adapter.latest_label),
-                     selectinload(Adapter.tags))
-            .order_by(*(key.desc() if descending else key.asc() for key in found)))
-    rows = session.execute(stmt).all()
+    after = _decode_cursor(sort, query.cursor) if query.cursor else None
+    dialect = session.get_bind().dialect.name
+    rows = None
+    if sort == "relevance" and terms:
+        shortcut = _top_score_page(principal, query, terms, after, dialect)
+        if shortcut is not None:
+            rows = _load_page(session, shortcut, 3, descending)
+            if len(rows) <= query.limit:
+                rows = None  # the shortcut could not fill the page: rank every match
+    if rows is None:
+        keys = [search.score(terms) if column is None else column for column in columns]
+        keys.append(Adapter.id)
+        page = select(*(key.label(f"k{n}") for n, key in enumerate(keys)))
+        page = _filtered(page, principal, query, terms, dialect)
+        if after is not None:
+            # A row value, not `a < x OR (a = x AND id < y)`: an index range starts at it.
+            page = page.where(tuple_(*keys) < tuple_(*after) if descending
+                              else tuple_(*keys) > tuple_(*after))
+        page = page.order_by(*(key.desc() if descending else key.asc() for key in keys))
+        rows = _load_page(session, page.limit(query.limit + 1).subquery(), len(keys),
+                          descending)
     next_cursor = None
     if len(rows) > query.limit:
         rows = rows[:query.limit]
         last = rows[-1]
         next_cursor = _encode_cursor(sort, [*last[1:], last[0].id])
     return [row[0] for row in rows], next_cursor
+
+
+#: How many adapters, by downloads, the top-score shortcut looks through.
+DENSE_WINDOW = 1000
+
+
+def _top_score_page(principal: Principal | None, query: Query, terms: Terms, after,
+                    dialect: str):
+    """The page's keys when it can come from adapters whose names hold every search word.
+
+    Those have the top score, so among them the ranking is the downloads order: when the
+    first DENSE_WINDOW adapters by downloads (from the cursor on) hold a full page of
+    them, that is the page, found without scoring every match. A common word costs this
+    window instead of all its matches; the caller ranks every match when the page is not
+    full. None when the cursor is already past the top score.
+    """
+    top = search.top_score(terms)
+    order = (Adapter.downloads.desc(), Adapter.id.desc())
+    window = select(Adapter.id)
+    if after is not None:
+        if after[0] != top:
+            return None
+        window = window.where(tuple_(Adapter.downloads, Adapter.id) < tuple_(*after[1:]))
+    window = window.order_by(*order).limit(DENSE_WINDOW).subquery()
+    page = select(literal(top).label("k0"), Adapter.downloads.label("k1"),
+                  Adapter.id.label("k2")).where(Adapter.id.in_(select(window.c.id)))
+    page = _filtered(page.where(search.in_names(terms)), principal, query, Terms(()), dialect)
+    return page.order_by(*order).limit(query.limit + 1).subquery()
+
+
+def _load_page(session: Session, page, keys: int, descending: bool) -> list:
+    """The adapters of a page's keys (`k0`..: sort values, then the id), in its order."""
+    found = [page.c[f"k{n}"] for n in range(keys)]
+    stmt = (select(Adapter, *found[:-1]).join(page, Adapter.id == found[-1])
+            .join(Adapter.owner)
+            .options(contains_eager(Adapter.owner), undefer(Adapter.latest_label),
+                     selectinload(Adapter.tags))
+            .order_by(*(key.desc() if descending else key.asc() for key in found)))
+    return session.execute(stmt).all()
 
 
 def _filtered(stmt, principal: Principal | None, query: Query, terms: Terms, dialect: str):

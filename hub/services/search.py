@@ -26,7 +26,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from sqlalchemy import (ColumnElement, Integer, case, cast, literal, literal_column, select,
+from sqlalchemy import (ColumnElement, Integer, and_, case, cast, literal, literal_column, select,
                         table)
 from sqlalchemy.dialects.postgresql import TSQUERY
 
@@ -93,6 +93,17 @@ def score(terms: Terms) -> ColumnElement[int]:
                     else_=TEXT_SCORE)
         total = each if total is None else total + each
     return total
+
+
+def top_score(terms: Terms) -> int:
+    """The highest score `terms` can give: every word in the name."""
+    return NAME_SCORE * len(terms.words)
+
+
+def in_names(terms: Terms) -> ColumnElement[bool]:
+    """SQL: rows whose name holds every word (the rows scoring `top_score`)."""
+    return and_(*(literal(" ").concat(Adapter.search_name).like(f"% {word}%")
+                  for word in terms.words))
 
 
 def matches(terms: Terms, dialect: str) -> ColumnElement[bool]:

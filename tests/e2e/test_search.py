@@ -140,3 +140,26 @@ def test_a_cursor_of_one_sort_is_refused_for_another(client, catalog):
     page = client.get("/api/v1/adapters?search=mistral&limit=1").get_json()
     assert_problem(client.get(f"/api/v1/adapters?search=mistral&sort=name&limit=1"
                               f"&cursor={page['next_cursor']}"), 400, "invalid_request")
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 1000])
+def test_the_top_score_shortcut_gives_the_full_ranking_whatever_its_window(
+        client, catalog, monkeypatch, window):
+    from hub.services import catalog as service
+
+    ranked = {query: names(client, query + "&limit=100")
+              for query in ("?search=mistral", "?search=m", "?search=mistral%20chat")}
+    monkeypatch.setattr(service, "DENSE_WINDOW", window)
+    for query, full in ranked.items():
+        assert every_page(client, query) == full, (window, query)
+        for limit in (2, 3):
+            pages, cursor = [], None
+            while True:
+                url = f"/api/v1/adapters{query}&limit={limit}" + (
+                    f"&cursor={cursor}" if cursor else "")
+                page = client.get(url).get_json()
+                pages += [item["id"] for item in page["items"]]
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+            assert pages == full, (window, query, limit)
