@@ -328,23 +328,27 @@ def _top_score_page(principal: Principal | None, query: Query, terms: Terms, aft
     """The page's keys when it can come from adapters whose names hold every search word.
 
     Those have the top score, so among them the ranking is the downloads order: when the
-    first DENSE_WINDOW adapters by downloads (from the cursor on) hold a full page of
-    them, that is the page, found without scoring every match. A common word costs this
+    first DENSE_WINDOW adapters by downloads that pass the other filters (from the cursor
+    on) hold a full page of them, that is the page, found without scoring every match. A common word costs this
     window instead of all its matches; the caller ranks every match when the page is not
     full. None when the cursor is already past the top score.
     """
     top = search.top_score(terms)
     order = (Adapter.downloads.desc(), Adapter.id.desc())
-    window = select(Adapter.id)
+    # The window holds the columns the test needs, so each of its rows is read once, in
+    # index order, and no planner can turn it into a scan of every adapter.
+    window = select(Adapter.id, Adapter.downloads, Adapter.search_name)
     if after is not None:
         if after[0] != top:
             return None
         window = window.where(tuple_(Adapter.downloads, Adapter.id) < tuple_(*after[1:]))
+    window = _filtered(window, principal, query, Terms(()), dialect)
     window = window.order_by(*order).limit(DENSE_WINDOW).subquery()
-    page = select(literal(top).label("k0"), Adapter.downloads.label("k1"),
-                  Adapter.id.label("k2")).where(Adapter.id.in_(select(window.c.id)))
-    page = _filtered(page.where(search.in_names(terms)), principal, query, Terms(()), dialect)
-    return page.order_by(*order).limit(query.limit + 1).subquery()
+    page = (select(literal(top).label("k0"), window.c.downloads.label("k1"),
+                   window.c.id.label("k2"))
+            .where(search.in_names(terms, window.c.search_name))
+            .order_by(window.c.downloads.desc(), window.c.id.desc()))
+    return page.limit(query.limit + 1).subquery()
 
 
 def _load_page(session: Session, page, keys: int, descending: bool) -> list:

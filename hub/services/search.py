@@ -100,9 +100,9 @@ def top_score(terms: Terms) -> int:
     return NAME_SCORE * len(terms.words)
 
 
-def in_names(terms: Terms) -> ColumnElement[bool]:
+def in_names(terms: Terms, search_name=Adapter.search_name) -> ColumnElement[bool]:
     """SQL: rows whose name holds every word (the rows scoring `top_score`)."""
-    return and_(*(literal(" ").concat(Adapter.search_name).like(f"% {word}%")
+    return and_(*(literal(" ").concat(search_name).like(f"% {word}%")
                   for word in terms.words))
 
 
