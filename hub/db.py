@@ -85,6 +85,19 @@ class Database:
         except Exception as exc:  # any driver error means "down" for health purposes
             raise DatabaseUnavailable(f"The database is unavailable: {exc}") from exc
 
+    def optimize(self) -> None:
+        """Refresh the query planner's statistics where the database does not do it itself.
+
+        SQLite has none until ANALYZE runs, and without them it may pick an index that does
+        not serve the query (hub.services.catalog's pages rely on the right one); the limit
+        makes it a sample, fast at any size. PostgreSQL's autovacuum analyzes on its own.
+        """
+        if self.engine.dialect.name != "sqlite":
+            return
+        with self.engine.begin() as connection:
+            connection.execute(text("PRAGMA analysis_limit=1000"))
+            connection.execute(text("ANALYZE"))
+
     def dispose(self) -> None:
         """Close pooled connections."""
         self.engine.dispose()
@@ -102,7 +115,13 @@ def alembic_config(url: str):
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Apply the Alembic migrations up to `revision`."""
+    """Apply the Alembic migrations up to `revision`, then refresh the planner's statistics."""
     from alembic import command
 
     command.upgrade(alembic_config(url), revision)
+    # After migrations (new indexes need statistics), and so on every `lorastack serve`.
+    db = Database(url)
+    try:
+        db.optimize()
+    finally:
+        db.dispose()

@@ -4,8 +4,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index,
-                        Integer, String, Text, UniqueConstraint)
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+                        Integer, String, Text, UniqueConstraint, event, inspect, select)
+from sqlalchemy.orm import Mapped, column_property, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from hub.db import Base
@@ -80,7 +80,16 @@ class Adapter(Base):
 
     __tablename__ = "adapters"
     __table_args__ = (UniqueConstraint("owner_id", "name"),
-                      Index("ix_adapters_owner_id_name_key", "owner_id", "name_key", unique=True))
+                      Index("ix_adapters_owner_id_name_key", "owner_id", "name_key", unique=True),
+                      # One per sort of the catalog, with the id that breaks ties: a page
+                      # is a range of the index, however deep the cursor.
+                      Index("ix_adapters_downloads_id", "downloads", "id"),
+                      Index("ix_adapters_created_at_id", "created_at", "id"),
+                      Index("ix_adapters_updated_at_id", "updated_at", "id"),
+                      Index("ix_adapters_name_id", "name", "id"),
+                      # Browsing one base model, most downloaded first (the default sort).
+                      Index("ix_adapters_base_model_key_downloads_id", "base_model_key",
+                            "downloads", "id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
@@ -94,6 +103,13 @@ class Adapter(Base):
     downloads: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Derived, never set by hand: written by _refresh_derived below whenever the source
+    # column changes. The base model as the catalog's filter compares it (any case)...
+    base_model_key: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    # ... and the name, tags and description as words (hub.services.search).
+    search_name: Mapped[str] = mapped_column(Text, default="", deferred=True)
+    search_tags: Mapped[str] = mapped_column(Text, default="", deferred=True)
+    search_text: Mapped[str] = mapped_column(Text, default="", deferred=True)
 
     owner: Mapped[User] = relationship()
     tags: Mapped[list[AdapterTag]] = relationship(cascade="all, delete-orphan",
@@ -106,11 +122,13 @@ class AdapterTag(Base):
     """One tag of an adapter (a table, so tag filters are plain indexed joins)."""
 
     __tablename__ = "adapter_tags"
-    __table_args__ = (UniqueConstraint("adapter_id", "tag"),)
+    # (tag, adapter_id): the tag filter is answered from the index alone.
+    __table_args__ = (UniqueConstraint("adapter_id", "tag"),
+                      Index("ix_adapter_tags_tag_adapter_id", "tag", "adapter_id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
-    tag: Mapped[str] = mapped_column(String(64), index=True)
+    tag: Mapped[str] = mapped_column(String(64))
     position: Mapped[int] = mapped_column(Integer, default=0)
 
 
@@ -118,7 +136,10 @@ class Version(Base):
     """An immutable published version: its files never change; it can only be yanked."""
 
     __tablename__ = "versions"
-    __table_args__ = (UniqueConstraint("adapter_id", "label"),)
+    # (adapter_id, created_at, id): an adapter's latest version without a sort.
+    __table_args__ = (UniqueConstraint("adapter_id", "label"),
+                      Index("ix_versions_adapter_id_created_at_id", "adapter_id", "created_at",
+                            "id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"),
@@ -156,6 +177,37 @@ class Version(Base):
     # Lineage the other way: the versions merged from this one.
     children: Mapped[list[VersionParent]] = relationship(
         foreign_keys="VersionParent.parent_version_id", viewonly=True)
+
+
+# The label of an adapter's latest version (newest, not yanked), for listings: loaded in
+# the page's own query (`undefer`), so a page does not load every version of each adapter.
+Adapter.latest_label = column_property(
+    select(Version.label).where(Version.adapter_id == Adapter.id, Version.yanked.is_(False))
+    .order_by(Version.created_at.desc(), Version.id.desc()).limit(1)
+    .correlate_except(Version).scalar_subquery(), deferred=True)
+
+
+@event.listens_for(Adapter, "before_insert")
+@event.listens_for(Adapter, "before_update")
+def _refresh_derived(_mapper, _connection, adapter: Adapter) -> None:
+    """Keep the derived columns in step with what they derive from, on every write path."""
+    from hub.services.search import document
+
+    state = inspect(adapter)
+    changed = {key for key in ("name", "description", "tags", "base_model")
+               if state.key is None or state.attrs[key].history.has_changes()}
+    if not changed:
+        return
+    derived = document(adapter.name, [row.tag for row in adapter.tags] if "tags" in changed
+                       else [], adapter.description)
+    if "name" in changed:
+        adapter.search_name = derived["search_name"]
+    if "tags" in changed:
+        adapter.search_tags = derived["search_tags"]
+    if "description" in changed:
+        adapter.search_text = derived["search_text"]
+    if "base_model" in changed:
+        adapter.base_model_key = adapter.base_model.lower() if adapter.base_model else None
 
 
 class VersionFile(Base):

@@ -84,13 +84,18 @@ def _adapter_paths() -> dict:
         {"name": key, "in": "query", "required": False, "schema": schema,
          "description": text}
         for key, schema, text in (
-            ("search", string(maxLength=256), "Text in the name, description or tags."),
+            ("search", string(maxLength=256),
+             "Words (letters and digits, any case or accents; everything else separates"
+             " them), at most 8: an adapter matches when each starts a word of its name,"
+             " a tag or its description."),
             ("base_model", string(maxLength=256), "Exact base model (any case)."),
             ("license", string(), "A licence id (any case, SPDX aliases)."),
             ("tag", string(), "A tag."), ("task", string(), "A task."),
             ("owner", string(), "An owner's name."),
-            ("sort", string(enum=["downloads", "created", "updated", "name"],
-                             default="downloads"), "Order of the results."),
+            ("sort", string(enum=["relevance", "downloads", "created", "updated", "name"]),
+             "Order of the results. Default: relevance when search has words, else"
+             " downloads. relevance: per search word 4 for the name, 2 for a tag, 1 for"
+             " the description, summed; then downloads, then id (all descending)."),
             ("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
              "Page size."),
             ("cursor", string(), "next_cursor of the previous page (same sort)."))]

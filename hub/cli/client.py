@@ -77,8 +77,9 @@ def push(directory: Path, ref: str, version: str, license_id: str | None,
 @click.option("--tag", default=None)
 @click.option("--task", default=None)
 @click.option("--owner", default=None)
-@click.option("--sort", type=click.Choice(["downloads", "created", "updated", "name"]),
-              default="downloads", show_default=True)
+@click.option("--sort", type=click.Choice(["relevance", "downloads", "created", "updated",
+                                          "name"]), default=None,
+              help="Default: relevance with TEXT, else downloads.")
 @click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON items.")
 def search(text, base_model, license_id, tag, task, owner, sort, limit, as_json) -> None:

@@ -7,37 +7,31 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, exists, func, or_, select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import exists, literal, select, tuple_, update
+from sqlalchemy.orm import Session, contains_eager, selectinload, undefer
 
 from hub.errors import InvalidRequest, InvalidVersion, NotFound
 from hub.licenses import get_license
 from hub.models import Adapter, AdapterTag, User, Version, VersionFile, VersionParent, utcnow
 from hub.services.access import require_owner, visible_clause
 from hub.services.accounts import Principal
+from hub.services import search
 from hub.services.names import check_adapter_name, check_text, check_user_name, parse_metadata
+from hub.services.search import Terms
 from hub.services.shapes import latest_version
 
-SORTS = ("downloads", "created", "updated", "name")
+SORTS = ("relevance", "downloads", "created", "updated", "name")
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 20
 
 
-def _adapter_query(detail: bool = True):
-    """Adapters with owner and tags; with `detail`, every version's files and parents too.
-
-    A summary (listings) needs only each version's label, yank flag and time, to name
-    `latest_version`: loading files and lineage for a page of 100 adapters would not do.
-    """
-    if detail:
-        each = selectinload(Adapter.versions)
-        versions = (each.defer(Version.layout), each.selectinload(Version.files),
-                    each.selectinload(Version.parents),
-                    each.selectinload(Version.children).selectinload(VersionParent.child)
-                    .selectinload(Version.adapter).selectinload(Adapter.owner))
-    else:
-        versions = (selectinload(Adapter.versions).load_only(
-            Version.label, Version.yanked, Version.created_at, Version.adapter_id),)
+def _adapter_query():
+    """An adapter with owner, tags, and every version's files and lineage (its page)."""
+    each = selectinload(Adapter.versions)
+    versions = (each.defer(Version.layout), each.selectinload(Version.files),
+                each.selectinload(Version.parents),
+                each.selectinload(Version.children).selectinload(VersionParent.child)
+                .selectinload(Version.adapter).selectinload(Adapter.owner))
     return (select(Adapter).join(User, Adapter.owner_id == User.id)
             .options(selectinload(Adapter.owner), selectinload(Adapter.tags), *versions))
 
@@ -174,7 +168,12 @@ def _owned_version(session: Session, principal: Principal | None, owner: str, na
 
 @dataclass(frozen=True)
 class Query:
-    """A catalog query: filters, sort order and a page."""
+    """A catalog query: filters, sort order and a page.
+
+    `sort` None is the default: `relevance` with search words, else `downloads`.
+    `relevance` orders by the search score (hub.services.search), then downloads, then
+    id; with no search words every score is equal, so it is the downloads order.
+    """
 
     search: str | None = None
     base_model: str | None = None
@@ -182,9 +181,21 @@ class Query:
     tag: str | None = None
     task: str | None = None
     owner: str | None = None
-    sort: str = "downloads"
+    sort: str | None = None
     limit: int = DEFAULT_LIMIT
     cursor: str | None = None
+
+    @property
+    def terms(self) -> Terms:
+        """The words of `search`."""
+        return Terms.parse(self.search)
+
+    @property
+    def order(self) -> str:
+        """The sort in effect: the default resolved, `relevance` without words is downloads."""
+        if self.sort in (None, "relevance"):
+            return "relevance" if self.terms else "downloads"
+        return self.sort
 
 
 def parse_query(args) -> Query:
@@ -213,45 +224,55 @@ def parse_query(args) -> Query:
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidRequest("'limit' must be an integer from 1 to 100.")
         values["limit"] = limit
-    return Query(**values)
+    query = Query(**values)
+    query.terms  # noqa: B018  (refuses too many words now, not in the middle of a query)
+    return query
 
 
-def _like(term: str) -> str:
-    escaped = term.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+# Each sort: the columns after which the id breaks ties, whether it descends, and how a
+# cursor's values are checked and decoded.
+def _count(value):
+    if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63):
+        raise ValueError("not a count")
+    return value
 
 
-# Each sort: the column, whether it descends, and how a cursor value is decoded.
-_SORT_COLUMNS = {
-    "downloads": (Adapter.downloads, True, int),
-    "created": (Adapter.created_at, True, datetime.fromisoformat),
-    "updated": (Adapter.updated_at, True, datetime.fromisoformat),
-    "name": (Adapter.name, False, str),
+def _text(value):
+    if not isinstance(value, str) or len(value) > 96 or "\0" in value:
+        raise ValueError("bad value")
+    return value
+
+
+def _moment(value):
+    return datetime.fromisoformat(_text(value))
+
+
+_SORTS = {
+    "downloads": ((Adapter.downloads,), True, (_count,)),
+    "created": ((Adapter.created_at,), True, (_moment,)),
+    "updated": ((Adapter.updated_at,), True, (_moment,)),
+    "name": ((Adapter.name,), False, (_text,)),
+    "relevance": ((None, Adapter.downloads), True, (_count, _count)),
 }
 
 
-def _encode_cursor(sort: str, adapter: Adapter) -> str:
-    column, _, _ = _SORT_COLUMNS[sort]
-    value = getattr(adapter, column.key)
-    if isinstance(value, datetime):
-        value = value.isoformat()
-    raw = json.dumps([sort, value, adapter.id]).encode()
+def _encode_cursor(sort: str, values: list) -> str:
+    values = [value.isoformat() if isinstance(value, datetime) else value for value in values]
+    raw = json.dumps([sort, values[:-1], values[-1]]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(sort: str, cursor: str):
+def _decode_cursor(sort: str, cursor: str) -> list:
+    """The sort values and id a cursor carries; InvalidRequest for anything else."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        cursor_sort, value, last_id = json.loads(raw)
-        _, _, decode = _SORT_COLUMNS[sort]
-        if cursor_sort != sort or not isinstance(last_id, int) or not 0 <= last_id < 2**31:
+        cursor_sort, values, last_id = json.loads(raw)
+        _, _, decoders = _SORTS[sort]
+        if cursor_sort != sort or not isinstance(values, list) or len(values) != len(decoders):
             raise ValueError("cursor for another sort")
-        if sort == "downloads" and not (isinstance(value, int) and 0 <= value < 2**63):
-            raise ValueError("downloads out of range")
-        if not isinstance(value, (str, int)) or (
-                isinstance(value, str) and (len(value) > 96 or "\0" in value)):
-            raise ValueError("bad value")
-        return decode(value), last_id
+        if isinstance(last_id, bool) or not isinstance(last_id, int) or not 0 <= last_id < 2**31:
+            raise ValueError("bad id")
+        return [decode(value) for decode, value in zip(decoders, values)] + [last_id]
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise InvalidRequest("'cursor' is not valid for this query; use the next_cursor of"
                              " the previous page, with the same sort.") from None
@@ -259,38 +280,103 @@ def _decode_cursor(sort: str, cursor: str):
 
 def search_adapters(session: Session, principal: Principal | None,
                     query: Query) -> tuple[list[Adapter], str | None]:
-    """One page of adapters the caller can see, and the cursor of the next page."""
-    stmt = _adapter_query(detail=False).where(visible_clause(principal))
-    if query.search:
-        like = _like(query.search)
-        tag_match = exists().where(AdapterTag.adapter_id == Adapter.id,
-                                   func.lower(AdapterTag.tag).like(like, escape="\\"))
-        stmt = stmt.where(or_(func.lower(Adapter.name).like(like, escape="\\"),
-                              func.lower(Adapter.description).like(like, escape="\\"),
-                              tag_match))
+    """One page of adapters the caller can see, and the cursor of the next page.
+
+    The one catalog query every surface uses. The page's ids are found first from the
+    narrow columns its order needs, then joined to the adapters, their owners and latest
+    version labels in the same statement; the page's tags come in a second.
+    """
+    terms, sort = query.terms, query.order
+    if not terms and query.search and query.search.strip():
+        return [], None  # only punctuation: no word to match (a blank search is no search)
+    columns, descending, _ = _SORTS[sort]
+    after = _decode_cursor(sort, query.cursor) if query.cursor else None
+    dialect = session.get_bind().dialect.name
+    rows = None
+    if sort == "relevance" and terms:
+        shortcut = _top_score_page(principal, query, terms, after, dialect)
+        if shortcut is not None:
+            rows = _load_page(session, shortcut, 3, descending)
+            if len(rows) <= query.limit:
+                rows = None  # the shortcut could not fill the page: rank every match
+    if rows is None:
+        keys = [search.score(terms) if column is None else column for column in columns]
+        keys.append(Adapter.id)
+        page = select(*(key.label(f"k{n}") for n, key in enumerate(keys)))
+        page = _filtered(page, principal, query, terms, dialect)
+        if after is not None:
+            # A row value, not `a < x OR (a = x AND id < y)`: an index range starts at it.
+            page = page.where(tuple_(*keys) < tuple_(*after) if descending
+                              else tuple_(*keys) > tuple_(*after))
+        page = page.order_by(*(key.desc() if descending else key.asc() for key in keys))
+        rows = _load_page(session, page.limit(query.limit + 1).subquery(), len(keys),
+                          descending)
+    next_cursor = None
+    if len(rows) > query.limit:
+        rows = rows[:query.limit]
+        last = rows[-1]
+        next_cursor = _encode_cursor(sort, [*last[1:], last[0].id])
+    return [row[0] for row in rows], next_cursor
+
+
+#: How many adapters, by downloads, the top-score shortcut looks through.
+DENSE_WINDOW = 1000
+
+
+def _top_score_page(principal: Principal | None, query: Query, terms: Terms, after,
+                    dialect: str):
+    """The page's keys when it can come from adapters whose names hold every search word.
+
+    Those have the top score, so among them the ranking is the downloads order: when the
+    first DENSE_WINDOW adapters by downloads that pass the other filters (from the cursor
+    on) hold a full page of them, that is the page, found without scoring every match. A common word costs this
+    window instead of all its matches; the caller ranks every match when the page is not
+    full. None when the cursor is already past the top score.
+    """
+    top = search.top_score(terms)
+    order = (Adapter.downloads.desc(), Adapter.id.desc())
+    # The window holds the columns the test needs, so each of its rows is read once, in
+    # index order, and no planner can turn it into a scan of every adapter.
+    window = select(Adapter.id, Adapter.downloads, Adapter.search_name)
+    if after is not None:
+        if after[0] != top:
+            return None
+        window = window.where(tuple_(Adapter.downloads, Adapter.id) < tuple_(*after[1:]))
+    window = _filtered(window, principal, query, Terms(()), dialect)
+    window = window.order_by(*order).limit(DENSE_WINDOW).subquery()
+    page = (select(literal(top).label("k0"), window.c.downloads.label("k1"),
+                   window.c.id.label("k2"))
+            .where(search.in_names(terms, window.c.search_name))
+            .order_by(window.c.downloads.desc(), window.c.id.desc()))
+    return page.limit(query.limit + 1).subquery()
+
+
+def _load_page(session: Session, page, keys: int, descending: bool) -> list:
+    """The adapters of a page's keys (`k0`..: sort values, then the id), in its order."""
+    found = [page.c[f"k{n}"] for n in range(keys)]
+    stmt = (select(Adapter, *found[:-1]).join(page, Adapter.id == found[-1])
+            .join(Adapter.owner)
+            .options(contains_eager(Adapter.owner), undefer(Adapter.latest_label),
+                     selectinload(Adapter.tags))
+            .order_by(*(key.desc() if descending else key.asc() for key in found)))
+    return session.execute(stmt).all()
+
+
+def _filtered(stmt, principal: Principal | None, query: Query, terms: Terms, dialect: str):
+    """`stmt` (over adapters) narrowed to what the caller may see and the query asks for."""
+    stmt = stmt.where(visible_clause(principal))
+    if terms:
+        stmt = stmt.where(search.matches(terms, dialect))
     if query.base_model:
-        stmt = stmt.where(func.lower(Adapter.base_model) == query.base_model.lower())
+        stmt = stmt.where(Adapter.base_model_key == query.base_model.lower())
     if query.license:
         stmt = stmt.where(Adapter.license == query.license)
     if query.task:
         stmt = stmt.where(Adapter.task == query.task)
     if query.owner:
-        stmt = stmt.where(User.name == query.owner)
+        stmt = stmt.where(Adapter.owner_id == select(User.id).where(User.name == query.owner)
+                          .scalar_subquery())
     if query.tag:
         stmt = stmt.where(exists().where(AdapterTag.adapter_id == Adapter.id,
                                          AdapterTag.tag == query.tag))
-    column, descending, _ = _SORT_COLUMNS[query.sort]
-    if query.cursor:
-        value, last_id = _decode_cursor(query.sort, query.cursor)
-        if descending:
-            stmt = stmt.where(or_(column < value, and_(column == value, Adapter.id < last_id)))
-        else:
-            stmt = stmt.where(or_(column > value, and_(column == value, Adapter.id > last_id)))
-    order = (column.desc(), Adapter.id.desc()) if descending else (column.asc(),
-                                                                     Adapter.id.asc())
-    rows = list(session.scalars(stmt.order_by(*order).limit(query.limit + 1)))
-    next_cursor = None
-    if len(rows) > query.limit:
-        rows = rows[:query.limit]
-        next_cursor = _encode_cursor(query.sort, rows[-1])
-    return rows, next_cursor
+    return stmt

@@ -91,6 +91,9 @@ def collect_garbage(db: Database, store: BlobStore, *, grace_hours: float = 24.0
             # (at most 1 s) to get in, or they sleep through every gap between two keys and
             # time out (30 s).
             time.sleep(min(time.monotonic() - locked, 1.0))
+    if not dry_run:
+        # gc is the hub's periodic chore, and the catalog's statistics drift as it grows.
+        db.optimize()
     return removed
 
 

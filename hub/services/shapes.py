@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import inspect
+
 from hub.models import Adapter, Merge, Version, utcnow
 from hub.services.access import can_see
 from hub.services.accounts import Principal
@@ -20,9 +22,17 @@ def latest_version(adapter: Adapter) -> Version | None:
     return next((version for version in adapter.versions if not version.yanked), None)
 
 
+def latest_label(adapter: Adapter) -> str | None:
+    """The label of the latest version: from the versions when loaded, else from the
+    adapter's own `latest_label` (a listing loads that in its query, not the versions)."""
+    if "versions" in inspect(adapter).unloaded:
+        return adapter.latest_label
+    latest = latest_version(adapter)
+    return latest.label if latest else None
+
+
 def adapter_summary(adapter: Adapter) -> dict:
     """AdapterSummary."""
-    latest = latest_version(adapter)
     return {
         "id": f"{adapter.owner.name}/{adapter.name}",
         "owner": adapter.owner.name,
@@ -32,7 +42,7 @@ def adapter_summary(adapter: Adapter) -> dict:
         "license": adapter.license,
         "tags": [tag.tag for tag in adapter.tags],
         "task": adapter.task,
-        "latest_version": latest.label if latest else None,
+        "latest_version": latest_label(adapter),
         "downloads": adapter.downloads,
         "created_at": iso(adapter.created_at),
         "updated_at": iso(adapter.updated_at),
