@@ -41,7 +41,7 @@ def _listing(endpoint: str, args: dict[str, str], **fixed: str):
         rows, next_cursor = catalog.search_adapters(session, principal, query)
         ranks = browse.latest_ranks(session, rows)
         cards = [{**adapter_summary(row), "rank": ranks.get(row.id)} for row in rows]
-        choices = browse.filter_choices(session, principal)
+        choices = browse.filter_choices(session)
     next_url = (url_for(endpoint, **fixed, **{**args, "cursor": next_cursor})
                 if next_cursor else None)
     return cards, next_url, choices
@@ -93,13 +93,14 @@ def _adapter_view(owner: str, name: str, label: str | None):
     hub = current_hub()
     principal = viewer()
     with hub.db.session() as session:
-        adapter = catalog.get_adapter(session, principal, owner, name)
         if label is None:
+            adapter = catalog.get_adapter(session, principal, owner, name)
+            # Every version yanked: the newest is still worth showing, marked as yanked.
             shown = latest_version(adapter) or (adapter.versions[0] if adapter.versions else None)
             if shown is None:
                 raise NotFound(f"{owner}/{name} has no versions.")
         else:
-            _, shown = catalog.get_version(session, principal, owner, name, label)
+            adapter, shown = catalog.get_version(session, principal, owner, name, label)
         summary = adapter_summary(adapter)
         versions = [{"label": v.label, "created_at": v.created_at, "yanked": v.yanked,
                      "yank_reason": v.yank_reason} for v in adapter.versions]

@@ -169,7 +169,7 @@ def test_downloads_from_the_page_are_counted_once_by_the_api(settings, client, t
     url = "/api/v1/adapters/alice/chatty/versions/1.0/files/adapter_model.safetensors"
     assert url in html(client.get("/alice/chatty"))
     assert client.get(url).status_code in (200, 302)
-    assert "1 downloads" in html(client.get("/alice/chatty"))
+    assert "· 1 download\n" in html(client.get("/alice/chatty"))
 
 
 def test_version_page_marks_a_yanked_version_with_its_reason(client, two_adapters, lora_dir,
@@ -194,7 +194,7 @@ def test_a_private_adapter_is_a_404_page_for_everyone_but_its_owner(client, make
     token = make_user("carol")
     make_user("dave")
     assert publish(client, token, "carol/secret", "1.0", lora_dir,
-                   metadata={"visibility": "private"}).status_code == 201
+                   metadata={"visibility": "private", "tags": ["hush-tag"]}).status_code == 201
     request_id = re.compile(r"request <code>[0-9a-f]+</code>")
     for url in ("/carol/secret", "/carol/secret/v/1.0"):
         anonymous = client.get(url)
@@ -205,6 +205,7 @@ def test_a_private_adapter_is_a_404_page_for_everyone_but_its_owner(client, make
         assert (request_id.sub("", html(anonymous)).replace("secret", "absent")
                 == request_id.sub("", html(absent)))
     assert "secret" not in html(client.get("/")) and "secret" not in html(client.get("/carol"))
+    assert "hush-tag" not in html(client.get("/"))  # nor among the filters' suggestions
     sign_in("dave")
     assert client.get("/carol/secret").status_code == 404
     assert "secret" not in html(client.get("/carol"))
