@@ -1,7 +1,7 @@
 """Server time of the web pages with a large catalog on PostgreSQL: p50/p95 per page.
 
     python bench/web_pages.py [--adapters 10000] [--requests 200] [--keep]
-    python bench/web_pages.py --database-url postgresql://postgres@127.0.0.1/NAME --reuse
+    python bench/web_pages.py --database-url postgresql://... --data-dir DIR --reuse
 
 Fills a fresh PostgreSQL database (127.0.0.1:5432, user postgres, or --admin-url) through
 the services, as the API would: users, then `--adapters` adapters published with
@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -47,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="timed requests per page")
     parser.add_argument("--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--database-url", default=None, help="use this database")
+    parser.add_argument("--data-dir", default=None,
+                        help="the blob store's folder (with --reuse: the kept one)")
     parser.add_argument("--reuse", action="store_true", help="it is filled already")
-    parser.add_argument("--keep", action="store_true", help="keep the database")
+    parser.add_argument("--keep", action="store_true", help="keep the database and folder")
     args = parser.parse_args(argv)
 
     from sqlalchemy import create_engine, text
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         with admin.connect() as connection:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
         url, created = args.admin_url.rsplit("/", 1)[0] + f"/{name}", True
-    root = Path(tempfile.mkdtemp(prefix="lorastack-bench-web-"))
+    root = Path(args.data_dir or tempfile.mkdtemp(prefix="lorastack-bench-web-"))
     try:
         from hub import create_app
         from hub.config import Settings
@@ -81,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                 connection.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}"'
                                         " WITH (FORCE)"))
         elif created:
-            print(f"kept {url}")
+            print(f"kept {url} and {root}")
+        if not args.keep and args.data_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
         admin.dispose()
     header = ["page", "p50 ms", "p95 ms", "max ms", "SQL/request"]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
