@@ -1,11 +1,12 @@
 """The read side of the site: the catalog, an adapter and its versions, an owner's adapters."""
 from __future__ import annotations
 
+import logging
 from urllib.parse import quote, urlencode
 
 from flask import redirect, render_template, request, url_for
 
-from hub.errors import InvalidName, NotFound
+from hub.errors import InvalidName, NotFound, StorageUnavailable
 from hub.licenses import list_licenses
 from hub.runtime import current_hub
 from hub.services import browse, catalog
@@ -20,6 +21,8 @@ PAGE_ARGS = (*FILTERS, "sort", "limit", "cursor")
 SORT_LABELS = {"downloads": "Most downloaded", "created": "Newest",
                "updated": "Recently updated", "name": "Name"}
 PAGE_SIZE = 20
+
+log = logging.getLogger("hub.web")
 
 
 def _page_args() -> tuple[dict[str, str], bool]:
@@ -106,11 +109,19 @@ def _adapter_view(owner: str, name: str, label: str | None):
                      "yank_reason": v.yank_reason} for v in adapter.versions]
         version = version_view(shown, adapter, principal)
         readme = browse.card_file(shown)
-        card = (card_html(readme.sha256, lambda: browse.read_card(hub.store, readme))
-                if readme is not None else None)
+    card, card_missing = None, None
+    if readme is not None:
+        # Outside the session: a slow store must not hold a database connection.
+        try:
+            card = card_html(readme.sha256, lambda: browse.read_card(hub.store, readme))
+        except (StorageUnavailable, NotFound):  # the store is down, or lost the blob
+            log.warning("model card of %s/%s@%s unreadable", owner, name, version["version"],
+                        exc_info=True)
+            card_missing = "The model card cannot be read right now; the files below can."
     ref = f"{owner}/{name}@{version['version']}"
     return render_template(
         "adapter.html", adapter=summary, version=version, versions=versions, card=card,
+        card_missing=card_missing,
         is_latest=label is None, ref=ref,
         files=[{**file, "url": _download_url(owner, name, version["version"], file["path"])}
                for file in version["files"]],

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from hub.app import CONTENT_SECURITY_POLICY
 from hub.cli import main
-from hub.models import User, Version, VersionParent
+from hub.models import User, Version, VersionFile, VersionParent
 from tests.e2e.helpers import auth, publish
 
 XSS_README = """---
@@ -170,6 +170,22 @@ def test_downloads_from_the_page_are_counted_once_by_the_api(settings, client, t
     assert url in html(client.get("/alice/chatty"))
     assert client.get(url).status_code in (200, 302)
     assert "· 1 download\n" in html(client.get("/alice/chatty"))
+
+
+def test_an_unreadable_card_leaves_the_rest_of_the_page(app, client, make_user, lora_dir,
+                                                        tmp_path):
+    token = make_user("frank")
+    # A README no other test renders: cards are cached by their digest.
+    readme = f"# Card {tmp_path.name}\n"
+    publish(client, token, "frank/lost", "1.0", lora_dir, files={"README.md": readme.encode()})
+    hub = app.extensions["lorastack"]
+    with hub.db.session() as session:
+        key = session.scalar(select(VersionFile.blob_key).where(VersionFile.path == "README.md"))
+    hub.store.delete(key)
+    response = client.get("/frank/lost")
+    page = html(response)
+    assert response.status_code == 200 and "The model card cannot be read right now" in page
+    assert "/api/v1/adapters/frank/lost/versions/1.0/files/adapter_model.safetensors" in page
 
 
 def test_version_page_marks_a_yanked_version_with_its_reason(client, two_adapters, lora_dir,
