@@ -219,3 +219,34 @@ def test_reading_works_without_javascript(hub_server, catalog, nojs_page, downlo
     info.value.save_as(download_dir / "adapter_config.json")
     assert sha256_of(download_dir / "adapter_config.json") == \
         row.locator("code.digest").inner_text().strip()
+
+
+def test_a_yanked_version_is_marked_with_its_reason(hub_server, catalog, browser_page,
+                                                    other_lora_dir):
+    hub_server.publish("bob", "bob/coder", "0.4", other_lora_dir, license="cc-by-nc-4.0")
+    yank = hub_server.api("POST", "/api/v1/adapters/bob/coder/versions/0.4/yank", owner="bob",
+                          json={"reason": "trained on the wrong split"})
+    assert yank.status_code == 200
+    page = browser_page
+    page.goto(hub_server.url + "/bob/coder")
+    assert "version 0.3" in page.locator(".subtitle").inner_text()  # latest skips 0.4
+    entry = page.locator(".versions li", has_text="0.4")
+    assert "yanked" in entry.inner_text() and "trained on the wrong split" in entry.inner_text()
+    entry.get_by_role("link", name="0.4").click()
+    page.wait_for_url(hub_server.url + "/bob/coder/v/0.4")
+    assert "This version was yanked: trained on the wrong split" in \
+        page.get_by_role("note").inner_text()
+    screenshot(page, "version-yanked")
+
+
+@pytest.mark.parametrize("path", ["/", "/alice/chatty", "/bob", "/no/such/page/at/all"])
+def test_pages_fit_a_phone_screen(hub_server, catalog, browser, path):
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True)
+    try:
+        page = context.new_page()
+        page.goto(hub_server.url + path)
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{path} scrolls sideways by {overflow}px"
+        screenshot(page, "phone" + path.replace("/", "-").rstrip("-"))
+    finally:
+        context.close()
