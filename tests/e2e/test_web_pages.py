@@ -226,7 +226,8 @@ def test_a_private_adapter_is_a_404_page_for_everyone_but_its_owner(client, make
     assert client.get("/carol/secret").status_code == 404
     assert "secret" not in html(client.get("/carol"))
     sign_in("carol")
-    assert client.get("/carol/secret").status_code == 200
+    own = client.get("/carol/secret")
+    assert own.status_code == 200 and "This adapter is private" in html(own)
     listing = html(client.get("/"))
     assert ("carol/", "secret") in card_names(listing)
     assert '<span class="badge badge-private">private</span>' in listing
