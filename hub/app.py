@@ -1,7 +1,6 @@
 """The Flask application factory: settings, the Hub, the surfaces and their error pages."""
 from __future__ import annotations
 
-import html
 import logging
 import re
 import time
@@ -20,6 +19,10 @@ from hub.runtime import EXTENSION_KEY, open_hub
 log = logging.getLogger("hub.app")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self';"
+                           " img-src 'self' data:; object-src 'none'; base-uri 'self';"
+                           " form-action 'self'; frame-ancestors 'none'")
+
 #: How one surface renders a HubError: (path prefix, renderer); the longest prefix wins.
 Renderer = Callable[[HubError], Response]
 
@@ -32,6 +35,7 @@ def build_app(settings: Settings | None = None) -> Flask:
     from hub.api.metrics import install_metrics
     from hub.api.uploads import HubRequest
     from hub.jobs import open_queue
+    from hub.web import register as register_web
 
     settings = settings or Settings.from_env()
     app = Flask("hub", static_folder=str(STATIC_DIR), static_url_path="/static")
@@ -54,6 +58,7 @@ def build_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies,
                                 x_proto=settings.trusted_proxies)
     app.register_blueprint(api_v1)
+    register_web(app)
     _register_error_handlers(app, [("/api/", problem)])
     install_metrics(app)
 
@@ -86,6 +91,12 @@ def build_app(settings: Settings | None = None) -> Flask:
         response.headers["X-Request-ID"] = g.get("request_id", "-")
         # A browser must take the declared type: an uploaded file is never run as HTML.
         response.headers["X-Content-Type-Options"] = "nosniff"
+        if response.mimetype == "text/html":
+            # Pages run only the hub's own scripts and styles: markup that slipped into a
+            # page (a model card) could not load or run anything.
+            response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+            response.headers["X-Frame-Options"] = "DENY"
+            response.headers["Referrer-Policy"] = "same-origin"
         return response
 
     return app
@@ -95,14 +106,17 @@ def _register_error_handlers(app: Flask, renderers: list[tuple[str, Renderer]]) 
     """Every failure becomes a HubError, rendered by the surface whose path it reached."""
     from hub.api import UPLOAD_ENDPOINTS
     from hub.api.problems import caller_safe, problem
+    from hub.web.errors import error_page
 
     def render(error: HubError) -> Response:
         path = request.path
         matches = [(prefix, fn) for prefix, fn in renderers if path.startswith(prefix)]
         if matches:
             return max(matches, key=lambda match: len(match[0]))[1](error)
+        if request.blueprint == "web":
+            return error_page(error)
         best = request.accept_mimetypes.best_match(["application/json", "text/html"])
-        return _html_page(error) if best == "text/html" else problem(error)
+        return error_page(error) if best == "text/html" else problem(error)
 
     @app.errorhandler(HubError)
     def _hub_error(error: HubError):
@@ -128,6 +142,9 @@ def _register_error_handlers(app: Flask, renderers: list[tuple[str, Renderer]]) 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):
         if error.code == 404:
+            if not request.path.startswith("/api/"):
+                return render(NotFound("No such page: check the address, or search the"
+                                       " catalog."))
             return render(NotFound("No such endpoint; see the API at /api/v1 "
                                    "(its description: /api/v1/openapi.json)."))
         if error.code == 405:
@@ -145,11 +162,3 @@ def _register_error_handlers(app: Flask, renderers: list[tuple[str, Renderer]]) 
     def _unexpected(error: Exception):
         log.exception("unhandled error")
         return render(InternalError("An internal error occurred; it has been logged."))
-
-
-def _html_page(error: HubError) -> Response:
-    """A plain page for paths outside every surface (a browser that opened a wrong URL)."""
-    body = (f"<!doctype html><html lang=en><meta charset=utf-8><title>{error.status}"
-            f" {html.escape(error.title)} · lorastack</title><h1>{html.escape(error.title)}</h1>"
-            f"<p>{html.escape(error.detail)}</p><p><code>{html.escape(error.code)}</code></p>")
-    return Response(body, status=error.status, mimetype="text/html")

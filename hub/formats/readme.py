@@ -151,3 +151,10 @@ def parse_readme(data: bytes, *, max_bytes: int = DEFAULT_MAX_README_BYTES) -> R
         base_model=_opt_str(fm, "base_model"), license_name=_opt_str(fm, "license_name"),
         license_link=_opt_str(fm, "license_link"), pipeline_tag=pipeline_tag,
         task=pipeline_tag or _opt_str(fm, "task"))
+
+
+def readme_body(text: str) -> str:
+    """The README's Markdown without its front matter (what a model card page shows)."""
+    text = text.removeprefix("\ufeff")
+    match = _EMPTY_FRONT_MATTER.match(text) or _FRONT_MATTER.match(text)
+    return text[match.end():] if match else text

@@ -18,6 +18,13 @@ USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,38}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,63}$")
 RESERVED_VERSIONS = {"latest"}
+# The web pages live at /{owner} beside these paths: a user with one of these names would
+# shadow a page (or be shadowed by one). Look-alikes are refused too (name_key).
+RESERVED_USER_NAMES = frozenset({
+    "about", "account", "admin", "api", "assets", "docs", "explore", "health", "help",
+    "login", "logout", "merge", "merges", "metrics", "new", "register", "search", "settings",
+    "signin", "signout", "signup", "static", "tokens", "users",
+})
 VISIBILITIES = ("public", "private")
 MAX_TAGS = 32
 
@@ -35,6 +42,8 @@ def name_key(name: str) -> str:
     '-' (PyPI's rule for project names), so no name can pass for another."""
     return _SEPARATORS.sub("-", name.lower().translate(_LOOK_ALIKES))
 
+
+_RESERVED_KEYS = frozenset(name_key(name) for name in RESERVED_USER_NAMES)
 
 LOOK_ALIKE_RULE = ("names are unique regardless of case, of '-', '_' and '.', and of the"
                    " look-alikes I, l and 1 or O and 0")
@@ -55,6 +64,9 @@ def check_user_name(name: str) -> str:
     if not isinstance(name, str) or not USER_RE.fullmatch(name):
         raise InvalidName(f"Invalid user name {name!r}: use 1-39 letters, digits, '-' or '_',"
                           " starting with a letter or digit.")
+    if name_key(name) in _RESERVED_KEYS:
+        raise InvalidName(f"The user name {name!r} is reserved: /{name} is a page of the hub's"
+                          " web site. Choose another name.")
     return name
 
 

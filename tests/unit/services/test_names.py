@@ -63,3 +63,16 @@ def test_different_names_keep_different_name_keys(a, b):
     from hub.services.names import name_key
 
     assert name_key(a) != name_key(b)
+
+
+@pytest.mark.parametrize("name", ["new", "merge", "merges", "settings", "static", "api",
+                                  "signin", "signout", "signup", "search", "admin", "docs",
+                                  "New", "SETTINGS", "Adm1n", "d0cs"])
+def test_page_paths_and_their_look_alikes_are_refused_as_user_names(name):
+    with pytest.raises(InvalidName, match="reserved"):
+        check_user_name(name)
+
+
+def test_names_that_only_contain_a_page_path_stay_valid():
+    assert check_user_name("newton") == "newton"
+    assert check_user_name("api-team") == "api-team"
