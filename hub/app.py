@@ -32,6 +32,7 @@ def build_app(settings: Settings | None = None) -> Flask:
     from hub.api.metrics import install_metrics
     from hub.api.uploads import HubRequest
     from hub.jobs import open_queue
+    from hub.web import register as register_web
 
     settings = settings or Settings.from_env()
     app = Flask("hub", static_folder=str(STATIC_DIR), static_url_path="/static")
@@ -47,6 +48,7 @@ def build_app(settings: Settings | None = None) -> Flask:
     (settings.data_dir / "tmp").mkdir(parents=True, exist_ok=True)
     hub.queue = open_queue(hub)
     app.register_blueprint(api_v1)
+    register_web(app)
     _register_error_handlers(app, [("/api/", problem)])
     install_metrics(app)
 
