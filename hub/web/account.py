@@ -81,7 +81,8 @@ def signin():
     if request.method == "GET":
         if g.web_user is not None:
             return redirect(next_url, code=303)
-        return render_template("account/signin.html", next=next_url, name="")
+        return render_template("account/signin.html", next=next_url, name="",
+                               open_signup=current_hub().settings.open_signup)
     name = request.form.get("name", "").strip()
     password = request.form.get("password", "")
     key = name_key(name)[:64] if name else "-"

@@ -15,7 +15,7 @@ from flask import current_app, g, jsonify, redirect, render_template, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from hub.errors import FileTooLarge, HubError, InvalidRequest, InvalidVersion, MissingFile
-from hub.formats.names import ALLOWED_FILES, check_file_name
+from hub.formats.names import ALLOWED_FILES, REQUIRED_FILES, check_file_name
 from hub.licenses import OTHER, get_license, list_licenses, validate_license_fields
 from hub.runtime import current_hub
 from hub.services.accounts import web_principal
@@ -197,6 +197,8 @@ def _page(form: PublishForm, errors: dict[str, str]):
     return render_template("publish/new.html", form=form, errors=errors,
                            licenses=list_licenses(), other=OTHER,
                            allowed_files=sorted(ALLOWED_FILES),
+                           required_files=REQUIRED_FILES,
+                           optional_files=sorted(ALLOWED_FILES - set(REQUIRED_FILES)),
                            max_upload_bytes=current_hub().settings.max_upload_bytes)
 
 
