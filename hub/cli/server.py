@@ -106,14 +106,14 @@ def users_group() -> None:
               help="Prompt for a password (twice, hidden) to sign in to the web pages.")
 def users_create(name: str, admin: bool, with_password: bool) -> None:
     """Create a user; prints a write token on the last line."""
-    from hub.services.accounts import create_token, create_user, set_password
-    from hub.services.names import check_user_name
+    from hub.services.accounts import (check_user_name_free, create_token, create_user,
+                                       set_password)
 
-    try:
-        check_user_name(name)  # before the prompt: a refused name wastes no typing
-    except HubError as error:
-        raise _fail(error) from None
-    password = _prompt_password() if with_password else None
+    password = None
+    if with_password:
+        # Before the prompt: a refused name costs no typing.
+        _in_session(lambda session: check_user_name_free(session, name))
+        password = _prompt_password()
 
     def _create(session):
         create_user(session, name, is_admin=admin)

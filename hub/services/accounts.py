@@ -55,8 +55,9 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_user(session: Session, name: str, *, is_admin: bool = False) -> User:
-    """Create a user; UserExists if the name is taken."""
+def check_user_name_free(session: Session, name: str) -> None:
+    """InvalidName for a name outside the pattern, UserExists for a taken one (or one that
+    looks like a taken one)."""
     check_user_name(name)
     existing = session.scalar(select(User.name).where(User.name_key == name_key(name)))
     if existing == name:
@@ -64,6 +65,11 @@ def create_user(session: Session, name: str, *, is_admin: bool = False) -> User:
     if existing is not None:
         raise UserExists(f"The user {name!r} looks like the existing user {existing!r}"
                          f" ({LOOK_ALIKE_RULE}); choose another name.")
+
+
+def create_user(session: Session, name: str, *, is_admin: bool = False) -> User:
+    """Create a user; UserExists if the name is taken."""
+    check_user_name_free(session, name)
     user = User(name=name, is_admin=is_admin)
     session.add(user)
     try:

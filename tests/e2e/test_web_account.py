@@ -137,6 +137,10 @@ def test_cli_creates_a_user_with_a_prompted_password_and_sets_a_new_one(settings
                             env=_cli_env(settings))
     assert missing.exit_code == 1 and "(not_found)" in missing.output
     assert "Password" not in missing.output  # refused before asking
+    taken = runner.invoke(main, ["users", "create", "ALICE", "--password"], input="",
+                          env=_cli_env(settings))
+    assert taken.exit_code == 1 and "(user_exists)" in taken.output
+    assert "Password" not in taken.output
 
 
 # --- sign in, sign out, cookies ---------------------------------------------------------

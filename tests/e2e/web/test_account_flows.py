@@ -202,6 +202,37 @@ def test_publish_through_the_form_and_watch_the_progress_bar_reach_100(page, hub
     assert page.console_errors == []  # no script refused by the CSP, no error
 
 
+DROP_FILES = """() => {
+  const transfer = new DataTransfer();
+  for (const [name, text] of [['adapter_config.json', '{}'], ['README.md', '# hi'],
+                              ['training_args.bin', 'pickle']]) {
+    transfer.items.add(new File([text], name));
+  }
+  const zone = document.getElementById('dropzone');
+  zone.dispatchEvent(new DragEvent('drop', {dataTransfer: transfer, bubbles: true,
+                                            cancelable: true}));
+}"""
+
+
+def test_a_folder_or_a_drop_keeps_the_adapter_files_and_names_the_others(page, adapter_dir,
+                                                                         tmp_path):
+    folder = tmp_path / "run-output"
+    folder.mkdir()
+    for path in adapter_dir.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "optimizer.pt").write_bytes(b"not sent")
+    sign_in(page, "/new")
+    page.set_input_files("#folder", str(folder))
+    chosen = page.evaluate("Array.from(document.getElementById('files').files, f => f.name)")
+    assert sorted(chosen) == sorted(path.name for path in adapter_dir.iterdir())
+    assert "optimizer.pt" in page.inner_text("#chosen-files .skipped")
+    page.evaluate(DROP_FILES)
+    chosen = page.evaluate("Array.from(document.getElementById('files').files, f => f.name)")
+    assert sorted(chosen) == ["README.md", "adapter_config.json"]
+    assert "training_args.bin" in page.inner_text("#chosen-files .skipped")
+    shot(page, "publish-dropped")
+
+
 def test_a_refused_upload_shows_the_error_beside_the_files(page, adapter_dir, tmp_path):
     sign_in(page, "/new")
     broken = tmp_path / "adapter_model.safetensors"
