@@ -98,8 +98,14 @@ def page(browser, hub):
     context = browser.new_context(base_url=hub.url)
     opened = context.new_page()
     opened.console_errors = []
-    opened.on("console", lambda message: message.type == "error"
-              and opened.console_errors.append(message.text))
+
+    def _console(message) -> None:
+        # The browser asks for /favicon.ico by itself; the pages do not name one.
+        if message.type == "error" and not message.location.get("url", "").endswith(
+                "/favicon.ico"):
+            opened.console_errors.append(f"{message.text} ({message.location.get('url')})")
+
+    opened.on("console", _console)
     yield opened
     context.close()
 
@@ -184,13 +190,21 @@ def test_publish_through_the_form_and_watch_the_progress_bar_reach_100(page, hub
     page.fill("#tags", "chat, browser")
     page.evaluate(RECORD_PROGRESS)
     shot(page, "publish-filled")
+    # A slow link (about 2 s for the upload), so the bar moves through the transfer.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1,
+        "uploadThroughput": sum(p.stat().st_size for p in adapter_dir.iterdir()) / 2})
     page.click("#publish-button")
     page.wait_for_selector("#upload[data-state=done]", timeout=60_000)
     shot(page, "publish-done")
     seen = page.evaluate("window.progressSeen")
-    assert seen and seen[-1] == 100 and seen == sorted(seen), seen
+    assert seen[-1] == 100 and seen == sorted(seen), seen
     statuses = page.evaluate("window.statusSeen")
-    assert any(re.search(r"of [\d.]+ KB sent", text) for text in statuses), statuses
+    assert any(0 < value < 100 for value in seen), seen  # it moved, not jumped
+    assert any(re.search(r"[\d.]+ KB of [\d.]+ KB sent · [\d.]+ KB/s · \d+ s left", text)
+               for text in statuses), statuses
     assert page.locator("#upload-status a").get_attribute("href") == \
         "/alice/browser-made/v/1.0.0"
     version = requests.get(f"{hub.url}/api/v1/adapters/alice/browser-made/versions/1.0.0",
@@ -283,6 +297,37 @@ def test_the_publish_form_works_from_the_keyboard_alone(page, hub, adapter_dir):
     assert page.evaluate("document.activeElement.tagName") == "A"  # the result's link
     body = requests.get(f"{hub.url}/api/v1/adapters/alice/keyboard-made", timeout=10).json()
     assert body["tags"] == ["keyboard"] and body["license"] == "mit"
+
+
+def test_without_javascript_the_form_posts_and_shows_errors_beside_fields(browser, hub,
+                                                                          adapter_dir):
+    context = browser.new_context(base_url=hub.url, java_script_enabled=False)
+    page = context.new_page()
+    try:
+        sign_in(page, "/new")
+        assert page.is_visible("#license_name")  # nothing hides the 'other' fields
+        page.set_input_files("#files", [str(path) for path in sorted(adapter_dir.iterdir())])
+        page.fill("#name", "no-script")
+        page.fill("#version", "latest")
+        page.select_option("#license", "other")
+        page.fill("#license_name", "My licence")
+        page.click("#publish-button")
+        assert "reserved" in page.inner_text("#version-error")
+        assert "license_link" in page.inner_text("#license_link-error")
+        assert page.input_value("#name") == "no-script"  # what was typed comes back
+        shot(page, "publish-no-script-errors")
+        page.set_input_files("#files", [str(path) for path in sorted(adapter_dir.iterdir())])
+        page.fill("#version", "1.0.0")
+        page.fill("#license_link", "https://example.org/my-licence")
+        with page.expect_response(lambda r: r.request.method == "POST") as answer:
+            page.click("#publish-button")
+        assert answer.value.status == 303
+        assert answer.value.headers["location"] == "/alice/no-script/v/1.0.0"
+    finally:
+        context.close()
+    version = requests.get(f"{hub.url}/api/v1/adapters/alice/no-script/versions/1.0.0",
+                           timeout=10).json()
+    assert version["license"] == "other"
 
 
 EVERY_CONTROL_LABELLED = """() => Array.from(document.querySelectorAll(
