@@ -122,6 +122,8 @@
 
   // --- errors beside their fields --------------------------------------------------------
   function clearErrors() {
+    const summary = document.getElementById("error-summary");
+    if (summary) summary.remove();
     for (const element of form.parentElement.querySelectorAll("[data-error-for]")) {
       element.hidden = true;
       element.textContent = "";

@@ -315,6 +315,8 @@ def test_without_javascript_the_form_posts_and_shows_errors_beside_fields(browse
         assert "reserved" in page.inner_text("#version-error")
         assert "license_link" in page.inner_text("#license_link-error")
         assert page.input_value("#name") == "no-script"  # what was typed comes back
+        assert "2 fields" in page.inner_text("#error-summary")
+        assert page.is_visible("#files-again")
         shot(page, "publish-no-script-errors")
         page.set_input_files("#files", [str(path) for path in sorted(adapter_dir.iterdir())])
         page.fill("#version", "1.0.0")
