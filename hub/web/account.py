@@ -40,10 +40,11 @@ def _configure_sessions(state) -> None:
 @bp.before_request
 def _before_page() -> None:
     """Who is signed in, then the CSRF check of every unsafe request (in that order: the
-    check may read the form, which for an upload must be allowed its full size)."""
-    if request.endpoint in UPLOAD_ENDPOINTS:
-        request.max_content_length = current_hub().settings.max_upload_bytes
+    check may read the form, which for a signed-in user's upload may be large)."""
     g.web_user = _signed_in_user()
+    if request.endpoint in UPLOAD_ENDPOINTS and g.web_user is not None:
+        # Only for someone signed in: no one else gets a multi-GB body parsed.
+        request.max_content_length = current_hub().settings.max_upload_bytes
     check_csrf()
 
 

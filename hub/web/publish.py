@@ -172,6 +172,8 @@ def _too_large(_error):
     """An upload over LORASTACK_MAX_UPLOAD_BYTES: werkzeug stops reading it, so the form
     comes back empty, with the limit beside the files."""
     limit = request.max_content_length
+    if request.endpoint == "web.publish" and g.get("web_user") is None:
+        return sign_in_redirect("/new")
     if request.endpoint != "web.publish":
         return current_app.handle_user_exception(InvalidRequest(
             f"The form is larger than this hub accepts here ({limit} bytes).", status=413))

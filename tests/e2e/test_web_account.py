@@ -384,8 +384,15 @@ def field_error(page: str, field: str) -> str:
     return match.group(1) if match else ""
 
 
-def test_publish_page_needs_a_sign_in(client):
+def test_publish_page_needs_a_sign_in_and_takes_no_large_body_from_anyone_else(client,
+                                                                             settings):
     response = client.get("/new")
+    assert response.status_code == 303 and response.headers["Location"] == "/signin?next=/new"
+    # Refused by its length before a byte of it is read (a body that was read would be
+    # refused for its missing CSRF token, a 403).
+    big = io.BytesIO(b"\0" * (settings.max_json_bytes + 1))
+    response = client.post("/new", data={"files": [(big, "adapter_model.safetensors")]},
+                           content_type="multipart/form-data")
     assert response.status_code == 303 and response.headers["Location"] == "/signin?next=/new"
 
 
