@@ -68,8 +68,11 @@ def sign_in_redirect(back_to: str | None = None):
 
 
 def _safe_next(target: str | None) -> str:
-    """Only a path on this hub: never another site (an open redirect)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Only a path on this hub: never another site (an open redirect). Browsers drop tabs
+    and newlines from a URL and read a backslash as a slash, so "/<tab>/evil" is "//evil"."""
+    if (not target or not target.startswith("/") or "\\" in target
+            or any(ord(char) <= 0x20 or ord(char) == 0x7F for char in target)
+            or target.startswith("//")):
         return "/"
     parts = urlsplit(target)
     return "/" if parts.scheme or parts.netloc else target

@@ -199,7 +199,8 @@ def test_sign_in_starts_a_new_session_and_the_old_csrf_token_is_refused(client, 
 
 def test_next_never_leads_to_another_site(client, make_account):
     make_account("alice")
-    for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
+    for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example",
+                   "/\t/evil.example", "/\n/evil.example"):
         response = sign_in(client, "alice", next_url=target)
         assert response.headers["Location"] == "/", target
         client.post("/signout", data={"csrf_token": csrf_of(client, "/settings/tokens")})
