@@ -61,6 +61,13 @@ class Settings:
     # caller's address (rate limits, logs) is then taken from that header, never otherwise
     # (a client could write any address into it).
     trusted_proxies: int = 0
+    # Failed sign-ins to the web pages per name a minute (0: off); each also counts
+    # towards its address's auth_failures_per_minute.
+    sign_in_failures_per_minute: int = 10
+    # The web pages: session cookies marked Secure (sent over HTTPS only: the production
+    # setting), and whether anyone may create an account at /signup.
+    cookie_secure: bool = False
+    open_signup: bool = False
 
     @property
     def worker_cache_dir(self) -> Path:
@@ -102,9 +109,15 @@ class Settings:
                 values[attr] = _positive_int(key, env[key])
         for key, attr in (("LORASTACK_AUTH_FAILURES_PER_MINUTE", "auth_failures_per_minute"),
                           ("LORASTACK_WRITES_PER_MINUTE", "writes_per_minute"),
-                          ("LORASTACK_TRUSTED_PROXIES", "trusted_proxies")):
+                          ("LORASTACK_TRUSTED_PROXIES", "trusted_proxies"),
+                          ("LORASTACK_SIGN_IN_FAILURES_PER_MINUTE",
+                           "sign_in_failures_per_minute")):
             if env.get(key):
                 values[attr] = _non_negative_int(key, env[key])
+        for key, attr in (("LORASTACK_COOKIE_SECURE", "cookie_secure"),
+                          ("LORASTACK_OPEN_SIGNUP", "open_signup")):
+            if env.get(key):
+                values[attr] = _flag(key, env[key])
         if env.get("PORT"):
             values["port"] = _positive_int("PORT", env["PORT"])
         if values.get("queue", "inline") not in ("inline", "celery"):
@@ -149,14 +162,24 @@ class Settings:
         path = self.data_dir / "secret_key"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            # O_EXCL: two processes starting at once must agree on one key.
+            # Written whole under another name, then linked into place: two processes
+            # starting at once agree on one key, and neither can read a half-written file.
+            draft = path.with_name(f".secret_key.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(secrets.token_hex(32))
+                os.link(draft, path)
             except FileExistsError:
                 pass
-        return path.read_text().strip()
+            finally:
+                draft.unlink()
+        key = path.read_text().strip()
+        if not key:
+            # Signing sessions with an empty key would let anyone forge a sign-in cookie.
+            raise SystemExit(f"{path} is empty: delete it (a new key is generated) or set"
+                             " LORASTACK_SECRET_KEY")
+        return key
 
 
 def normalize_database_url(url: str) -> str:
@@ -184,6 +207,15 @@ def _positive_float(name: str, raw: str) -> float:
     if not value > 0 or value == float("inf"):
         raise SystemExit(f"{name} must be a positive number, got {raw!r}")
     return value
+
+
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"{name} must be 1 or 0, got {raw!r}")
 
 
 def _non_negative_int(name: str, raw: str) -> int:

@@ -54,6 +54,8 @@ class User(Base):
     name_key: Mapped[str] = mapped_column(String(64), nullable=True, default=_name_key)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # werkzeug's scrypt hash (hub.services.accounts.set_password); None: no web sign-in.
+    password_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
 
     tokens: Mapped[list[Token]] = relationship(back_populates="user")
 

@@ -1,4 +1,5 @@
-"""Rate limits: failed authentications per address, writes per token (429 rate_limited)."""
+"""Rate limits: failed authentications per address, failed sign-ins per name, writes per
+token (429 rate_limited)."""
 from __future__ import annotations
 
 import hashlib
@@ -26,6 +27,7 @@ class Limits:
         self._limiter = FixedWindowRateLimiter(storage_from_string(settings.ratelimit_storage_url))
         self._auth_failures = _per_minute(settings.auth_failures_per_minute)
         self._writes = _per_minute(settings.writes_per_minute)
+        self._sign_in_failures = _per_minute(settings.sign_in_failures_per_minute)
 
     def refuse_blocked_address(self, address: str) -> None:
         """429 when `address` has spent its failed authentications in this window."""
@@ -38,6 +40,21 @@ class Limits:
         """Count one bad token from `address` towards its limit."""
         if self._auth_failures:
             self._allowed(self._limiter.hit, self._auth_failures, "auth", address)
+
+    def refuse_blocked_sign_in(self, name_key: str, address: str) -> None:
+        """429 when `address` has spent its failed authentications, or the name whose key
+        is `name_key` its failed sign-ins, in this window."""
+        self.refuse_blocked_address(address)
+        if self._sign_in_failures and not self._allowed(
+                self._limiter.test, self._sign_in_failures, "sign-in", name_key):
+            raise self._refusal(self._sign_in_failures, ("sign-in", name_key),
+                                "Too many failed sign-ins for this name")
+
+    def count_failed_sign_in(self, name_key: str, address: str) -> None:
+        """Count one wrong name or password: against the name and against the address."""
+        self.count_failed_authentication(address)
+        if self._sign_in_failures:
+            self._allowed(self._limiter.hit, self._sign_in_failures, "sign-in", name_key)
 
     def count_write(self, token: str) -> None:
         """Count one write by `token`; 429 once it is past its limit in this window."""
@@ -86,6 +103,11 @@ def count_failed_authentication() -> None:
     limits: Limits | None = current_app.extensions.get(EXTENSION_KEY)
     if limits is not None:
         limits.count_failed_authentication(request.remote_addr or "-")
+
+
+def current_limits() -> Limits:
+    """The counters of the app handling the current request."""
+    return current_app.extensions[EXTENSION_KEY]
 
 
 def _per_minute(amount: int) -> RateLimitItem | None:

@@ -109,17 +109,65 @@ def users_group() -> None:
 @users_group.command("create")
 @click.argument("name")
 @click.option("--admin", is_flag=True, help="Make the user an administrator.")
-def users_create(name: str, admin: bool) -> None:
+@click.option("--password", "with_password", is_flag=True,
+              help="Prompt for a password (twice, hidden) to sign in to the web pages.")
+def users_create(name: str, admin: bool, with_password: bool) -> None:
     """Create a user; prints a write token on the last line."""
-    from hub.services.accounts import create_token, create_user
+    from hub.services.accounts import (check_user_name_free, create_token, create_user,
+                                       set_password)
+
+    password = None
+    if with_password:
+        # Before the prompt: a refused name costs no typing.
+        _in_session(lambda session: check_user_name_free(session, name))
+        password = _prompt_password()
 
     def _create(session):
         create_user(session, name, is_admin=admin)
+        if password is not None:
+            set_password(session, name, password)
         return create_token(session, name, scope="write")
 
     token = _in_session(_create)
-    click.echo(f"created user {name}{' (admin)' if admin else ''}; write token (shown once):")
+    click.echo(f"created user {name}{' (admin)' if admin else ''}"
+               f"{' with a password' if password is not None else ''};"
+               " write token (shown once):")
     click.echo(token)
+
+
+@users_group.command("set-password")
+@click.argument("name")
+def users_set_password(name: str) -> None:
+    """Set NAME's password (prompted twice, hidden); their open web sessions end."""
+    from sqlalchemy import select
+
+    from hub.errors import NotFound
+    from hub.models import User
+    from hub.services.accounts import set_password
+
+    def _exists(session):
+        if session.scalar(select(User.id).where(User.name == name)) is None:
+            raise NotFound(f"No user named {name!r}; create it with"
+                           " `lorastack users create NAME --password`.")
+
+    _in_session(_exists)  # before the prompt, as for create
+    password = _prompt_password()
+    _in_session(lambda session: set_password(session, name, password))
+    click.echo(f"password set for {name}")
+
+
+def _prompt_password() -> str:
+    """Ask twice without echo; a password the rule refuses is asked for again."""
+    from hub.services.accounts import check_new_password
+
+    def _checked(value: str) -> str:
+        try:
+            return check_new_password(value)
+        except HubError as error:
+            raise click.UsageError(error.detail) from None
+
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True,
+                        value_proc=_checked)
 
 
 @click.group("tokens")
