@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from flask import g
 from sqlalchemy import select
 
 from hub.app import CONTENT_SECURITY_POLICY
@@ -50,19 +49,20 @@ def copy_with_readme(source: Path, target: Path, readme: str) -> Path:
 
 
 @pytest.fixture
-def sign_in(app):
-    """sign_in(name): later requests see that user as the signed-in web user (g.web_user),
-    what the account views' session provides."""
-    holder: dict = {}
-
-    @app.before_request
-    def _as_user():
-        if holder.get("name"):
-            with app.extensions["lorastack"].db.session() as session:
-                g.web_user = session.scalar(select(User).where(User.name == holder["name"]))
+def sign_in(app, client):
+    """sign_in(name): the client carries that user's sign-in cookie, as the sign-in page
+    writes it (None signs out)."""
+    from hub.services.accounts import session_stamp, set_password
 
     def _sign_in(name: str | None) -> None:
-        holder["name"] = name
+        with client.session_transaction() as cookie:
+            cookie.clear()
+            if name:
+                with app.extensions["lorastack"].db.session() as session:
+                    user = session.scalar(select(User).where(User.name == name))
+                    if user.password_hash is None:
+                        user = set_password(session, name, "correct horse battery")
+                    cookie["uid"], cookie["stamp"] = user.id, session_stamp(user)
 
     return _sign_in
 
