@@ -60,7 +60,7 @@ def test_several_web_processes_share_requests_and_one_runs_the_merges(settings, 
             try:
                 if requests.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not up yet, or slow to answer at first
                 pass
             assert time.monotonic() < deadline and server.proc.poll() is None, server.log()
             time.sleep(0.2)

@@ -43,7 +43,7 @@ def hub(tmp_path_factory):
         try:
             requests.get(f"{base}/api/v1/health", timeout=2)
             break
-        except requests.ConnectionError:
+        except requests.RequestException:  # not up yet, or slow to answer at first
             assert time.monotonic() < deadline and server.proc.poll() is None, server.log()
             time.sleep(0.2)
     yield {"base": base, "port": port, "env": env, "server": server, "root": root,

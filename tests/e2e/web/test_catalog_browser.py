@@ -250,3 +250,17 @@ def test_pages_fit_a_phone_screen(hub_server, catalog, browser, path):
         screenshot(page, "phone" + path.replace("/", "-").rstrip("-"))
     finally:
         context.close()
+
+
+def test_the_keyboard_reaches_the_content_and_the_catalog_first(hub_server, catalog,
+                                                                browser_page):
+    page = browser_page
+    page.goto(hub_server.url + "/alice/chatty")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.keyboard.press("Enter")
+    assert page.url.endswith("#main")
+    page.keyboard.press("Tab")  # from the skip target, the first link of the content
+    assert page.evaluate("document.activeElement.closest('main') !== null")
+    merge = page.get_by_role("link", name="Add to merge")
+    assert merge.get_attribute("href") == "/merge?add=alice%2Fchatty%401.0"
