@@ -31,6 +31,7 @@ def build_app(settings: Settings | None = None) -> Flask:
     from hub.api.problems import problem
     from hub.api.metrics import install_metrics
     from hub.api.uploads import HubRequest
+    from hub.hf import register as register_hf
     from hub.jobs import open_queue
 
     settings = settings or Settings.from_env()
@@ -47,6 +48,7 @@ def build_app(settings: Settings | None = None) -> Flask:
     (settings.data_dir / "tmp").mkdir(parents=True, exist_ok=True)
     hub.queue = open_queue(hub)
     app.register_blueprint(api_v1)
+    register_hf(app)
     _register_error_handlers(app, [("/api/", problem)])
     install_metrics(app)
 

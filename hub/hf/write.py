@@ -1,0 +1,2 @@
+"""The write side of the Hugging Face protocol."""
+from __future__ import annotations
