@@ -38,6 +38,8 @@ def render(error: HubError):
         # Its detail names internal hosts and buckets; the log has it under the request id.
         log.warning("%s for request %s: %s", error.code, g.get("request_id", "-"), detail)
         detail = f"{error.title}; try again later (request id {g.get('request_id', '-')})."
+    # The client shows `error` as it is: the code goes in it, as the CLI prints it.
+    detail = f"{detail} ({error.code})"
     response = jsonify({"error": detail, "code": error.code})
     response.status_code = error.status
     if isinstance(error, NotFound):

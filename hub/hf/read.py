@@ -116,7 +116,7 @@ def get_model(owner: str, name: str, revision: str | None = None):
     blobs = request.args.get("blobs", "").lower() in ("1", "true")
     with current_hub().db.session() as session:
         adapter = find_adapter(session, owner, name)
-        if revision is None and find_revision(adapter, MAIN) is None:
+        if revision in (None, MAIN) and not adapter.versions:
             return jsonify(model_info(adapter, None, card_data=None, blobs=blobs))
         version = find_version(adapter, revision or MAIN)
         return jsonify(model_info(adapter, version, card_data=_card_data(version), blobs=blobs))
@@ -138,7 +138,10 @@ def _card_data(version: Version) -> dict | None:
 def tree(owner: str, name: str, revision: str, path: str = ""):
     """The files of a revision (a version's files are all at its top level)."""
     with current_hub().db.session() as session:
-        version = find_version(find_adapter(session, owner, name), revision)
+        adapter = find_adapter(session, owner, name)
+        if revision == MAIN and not adapter.versions:
+            return jsonify([])  # created by create_repo, nothing published yet
+        version = find_version(adapter, revision)
         if path.strip("/"):
             # No folders: a path is a file, which the Hub's tree does not list.
             with missing_is(ENTRY_NOT_FOUND):
@@ -161,6 +164,9 @@ def resolve(owner: str, name: str, revision: str, path: str):
     hub = current_hub()
     with hub.db.session() as session:
         adapter = find_adapter(session, owner, name)
+        if revision == MAIN and not adapter.versions:
+            with missing_is(ENTRY_NOT_FOUND):  # a new card is written, as on an empty repo
+                raise NotFound(f"{owner}/{name} has no version yet, so no file {path!r}.")
         version = find_version(adapter, revision)
         file = next((f for f in version.files if f.path == path), None)
         commit = version_commit(version)

@@ -224,10 +224,78 @@ def scenario_peft(repo: str, base_dir: str, local_adapter: str) -> dict:
     return found
 
 
+def scenario_write(repo: str, folder: str, other_folder: str, work: str) -> dict:
+    """create_repo, upload_folder, upload_file, no-op commits, refusals and delete_file."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    work_dir = Path(work)
+    found: dict = {}
+    url = api.create_repo(repo, private=True)
+    found["create_repo"] = [url.repo_id, api.model_info(repo).private]
+    found["create_repo(exist_ok)"] = api.create_repo(repo, private=True, exist_ok=True).repo_id
+    first = api.upload_folder(folder_path=folder, repo_id=repo)
+    found["upload_folder"] = first.oid
+    found["upload_folder again"] = api.upload_folder(folder_path=folder, repo_id=repo).oid
+    card = work_dir / "README.md"
+    card.write_text("---\nlicense: mit\nversion: 2.0.0\n---\n# Relicensed\n")
+    found["upload_file"] = api.upload_file(path_or_fileobj=str(card), path_in_repo="README.md",
+                                           repo_id=repo).oid
+    found["upload_folder(other weights)"] = api.upload_folder(
+        folder_path=other_folder, repo_id=repo, allow_patterns=["*.json", "*.safetensors"]).oid
+    pickle = work_dir / "adapter_model.bin"
+    pickle.write_bytes(b"\x80\x04K\x01.")
+    found["pickle refused"] = _error(lambda: api.upload_file(
+        path_or_fileobj=str(pickle), path_in_repo="adapter_model.bin", repo_id=repo))
+    found["unexpected file refused"] = _error(lambda: api.upload_file(
+        path_or_fileobj=b"x", path_in_repo="notes.txt", repo_id=repo))
+    bad = work_dir / "adapter_model.safetensors"
+    bad.write_bytes(b"\xff" * 64)
+    found["bad safetensors refused"] = _error(lambda: api.upload_file(
+        path_or_fileobj=str(bad), path_in_repo="adapter_model.safetensors", repo_id=repo))
+    found["delete_file refused"] = _error(lambda: api.delete_file("README.md", repo_id=repo))
+    found["delete_tag refused"] = _error(lambda: api.delete_tag(repo, tag="2.0.0"))
+    found["refs"] = sorted(ref.name for ref in api.list_repo_refs(repo).tags)
+    return found
+
+
+def scenario_push(repo: str, new_repo: str, base_dir: str) -> dict:
+    """PeftModel.push_to_hub, then snapshot_download and load: the same outputs."""
+    import torch
+    from huggingface_hub import snapshot_download
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    tokens = torch.tensor([[1, 5, 9, 3, 7]])
+    torch.manual_seed(3)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir).eval(),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                      init_lora_weights=False)).eval()
+    with torch.no_grad():
+        expected = model(tokens).logits
+    found = {"push_to_hub (new adapter, no licence)": _error(
+        lambda: model.push_to_hub(new_repo))}
+    model.push_to_hub(repo)
+    folder = snapshot_download(repo)
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir).eval(),
+                                       folder).eval()
+    with torch.no_grad():
+        found["push_to_hub -> snapshot_download -> same outputs"] = bool(
+            torch.allclose(loaded(tokens).logits, expected))
+    found["files"] = sorted(p.name for p in Path(folder).iterdir())
+    return found
+
+
 # --- the tests -------------------------------------------------------------------------
 
 def _record(scenario: str, results: dict[str, bool]) -> None:
     CALLS.extend((scenario, call, ok) for call, ok in results.items())
+
+
+@pytest.fixture
+def backend(settings) -> str:
+    """The backend's name, for the closing table."""
+    return "postgres-s3" if settings.storage_url.startswith("s3://") else "sqlite-local"
 
 
 @pytest.fixture
@@ -254,7 +322,7 @@ def _files(folder: Path) -> dict:
     return _digests(str(folder))
 
 
-def test_read_side_calls_of_huggingface_hub(served, published, client, other_lora_dir,
+def test_read_side_calls_of_huggingface_hub(backend, served, published, client, other_lora_dir,
                                             tmp_path):
     endpoint, log = served
     found = run_client("read", endpoint, published["alice"], tmp_path, repo="alice/style-lora",
@@ -315,14 +383,14 @@ def test_read_side_calls_of_huggingface_hub(served, published, client, other_lor
             "RevisionNotFoundError") and "9.9.9" in found["missing_revision"],
         "missing file -> EntryNotFoundError": "EntryNotFoundError" in found["missing_entry"],
     }
-    _record("read", checks)
+    _record(f"read ({backend})", checks)
     assert all(checks.values()), {k: v for k, v in checks.items() if not v} | {"found": found}
     # Counted as in the API: the weights of 2.0.0 fetched once by hf_hub_download, those of
     # 1.0.0 once by its snapshot; the client's cache served every other call.
     assert client.get("/api/v1/adapters/alice/style-lora").get_json()["downloads"] == 2
 
 
-def test_second_snapshot_download_gets_no_file_bytes(served, published, tmp_path):
+def test_second_snapshot_download_gets_no_file_bytes(backend, served, published, tmp_path):
     endpoint, log = served
     first = run_client("snapshot", endpoint, published["alice"], tmp_path,
                        repo="alice/style-lora")
@@ -332,11 +400,11 @@ def test_second_snapshot_download_gets_no_file_bytes(served, published, tmp_path
                        repo="alice/style-lora")
     assert again == first
     assert log.gets_of_files()[gets:] == []
-    _record("cache", {"snapshot_download (cached: no GET)": True})
+    _record(f"cache ({backend})", {"snapshot_download (cached: no GET)": True})
 
 
 def test_read_token_reads_and_private_adapter_is_repo_not_found_to_others(
-        served, published, make_user, tmp_path):
+        backend, served, published, make_user, tmp_path):
     endpoint, _ = served
     bob_read = make_user("bob", scope="read")
     calls = [["model_info", ["bob/secret"], {}]]
@@ -346,11 +414,11 @@ def test_read_token_reads_and_private_adapter_is_repo_not_found_to_others(
                and as_bob["model_info"]["private"] is True,
                "anonymous: private -> RepositoryNotFoundError":
                anonymous["model_info"]["error"].startswith("RepositoryNotFoundError")}
-    _record("access", results)
+    _record(f"access ({backend})", results)
     assert all(results.values()), (as_bob, anonymous)
 
 
-def test_peft_and_transformers_load_an_adapter_by_name(served, published, lora_dir,
+def test_peft_and_transformers_load_an_adapter_by_name(backend, served, published, lora_dir,
                                                        tmp_path, settings):
     from tests.support.tiny_models import tiny_llama
 
@@ -365,7 +433,7 @@ def test_peft_and_transformers_load_an_adapter_by_name(served, published, lora_d
                if key != "PeftConfig.from_pretrained"}
     results["PeftConfig.from_pretrained"] = found["PeftConfig.from_pretrained"] == [
         "LORA", 4, ["q_proj", "v_proj"]]
-    _record("peft", results)
+    _record(f"peft ({backend})", results)
     assert all(results.values()), found
 
 
@@ -410,11 +478,75 @@ def test_commit_ids_are_stable_and_name_label_and_files():
     assert commit_id("1.0.0", files) == "f222becbef9d2ce2a9b5447e4c000a338efd25db"
 
 
+def test_write_side_publishes_versions_through_the_publish_service(
+        backend, served, published, client, lora_dir, other_lora_dir, tmp_path):
+    endpoint, _ = served
+    work = tmp_path / "work"
+    work.mkdir()
+    found = run_client("write", endpoint, published["alice"], tmp_path, repo="alice/pushed",
+                       folder=str(published["carded"]), other_folder=str(other_lora_dir),
+                       work=str(work))
+    detail = client.get("/api/v1/adapters/alice/pushed",
+                        headers={"Authorization": f"Bearer {published['alice']}"}).get_json()
+    versions = {v["version"]: v for v in detail["versions"]}
+    checks = {
+        "create_repo(private)": found["create_repo"] == ["alice/pushed", True]
+        and detail["visibility"] == "private",
+        "create_repo(exist_ok)": found["create_repo(exist_ok)"] == "alice/pushed",
+        "upload_folder (label 1, licence from the card)": versions["1"]["license"]
+        == "apache-2.0" and sorted(f["path"] for f in versions["1"]["files"]) == sorted(
+            _files(published["carded"])),
+        "unchanged commit returns the version": found["upload_folder again"]
+        == found["upload_folder"],
+        "upload_file (label and licence from the card)": versions["2.0.0"]["license"] == "mit",
+        "upload_folder (next integer, licence kept)": versions["2"]["license"] == "mit"
+        and {f["path"]: f["sha256"] for f in versions["2"]["files"]}[
+            "adapter_model.safetensors"] == _files(other_lora_dir)["adapter_model.safetensors"],
+        "pickle refused (unsupported_format)": "(unsupported_format)" in found["pickle refused"],
+        "non-adapter file refused (unexpected_file)": "(unexpected_file)" in found[
+            "unexpected file refused"],
+        "bad safetensors refused (invalid_safetensors)": "(invalid_safetensors)" in found[
+            "bad safetensors refused"],
+        "delete_file refused (yank)": "yank" in found["delete_file refused"],
+        "delete_tag refused (yank)": "yank" in found["delete_tag refused"],
+        "list_repo_refs after commits": found["refs"] == ["1", "2", "2.0.0"],
+    }
+    _record(f"write ({backend})", checks)
+    assert all(checks.values()), {k: v for k, v in checks.items() if not v} | {"found": found}
+    assert sorted(versions) == ["1", "2", "2.0.0"]
+
+
+def test_push_to_hub_round_trip_gives_the_same_outputs(backend, served, published, client, tmp_path,
+                                                       settings):
+    from tests.support.tiny_models import tiny_llama
+
+    if "postgres" in settings.database_url:
+        pytest.skip("push_to_hub makes the calls of the write test; one backend is enough")
+    base_dir = tmp_path / "base"
+    tiny_llama(0).save_pretrained(base_dir)
+    endpoint, _ = served
+    found = run_client("push", endpoint, published["alice"], tmp_path, repo="alice/other",
+                       new_repo="alice/brand-new", base_dir=str(base_dir))
+    refusal = found["push_to_hub (new adapter, no licence)"]
+    latest = client.get("/api/v1/adapters/alice/other/versions/latest").get_json()
+    checks = {
+        "push_to_hub (new adapter, no licence): refused": "has no licence yet" in refusal
+        and "(unknown_license)" in refusal,
+        "push_to_hub (licence kept, next integer)": latest["version"] == "1"
+        and latest["license"] == "apache-2.0",
+        "push_to_hub -> snapshot_download -> same outputs": found[
+            "push_to_hub -> snapshot_download -> same outputs"] is True,
+    }
+    _record(f"push ({backend})", checks)
+    assert all(checks.values()), found
+
+
 def teardown_module(module) -> None:
     """The closing table: each client call and whether it passed."""
     if CALLS:
         width = max(len(call) for _, call, _ in CALLS)
+        first = max(len(scenario) for scenario, _, _ in CALLS)
         print("\n\nHF client calls against lorastack")
-        print(f"| {'scenario':<8} | {'call':<{width}} | result |")
+        print(f"| {'scenario':<{first}} | {'call':<{width}} | result |")
         for scenario, call, ok in CALLS:
-            print(f"| {scenario:<8} | {call:<{width}} | {'pass' if ok else 'FAIL'}   |")
+            print(f"| {scenario:<{first}} | {call:<{width}} | {'pass' if ok else 'FAIL'}   |")
