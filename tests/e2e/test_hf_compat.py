@@ -183,13 +183,16 @@ def scenario_calls(calls: list) -> dict:
 
     api = HfApi()
     out = {}
-    for name, args, kwargs in calls:
+    for label, name, args, kwargs in calls:
         try:
             result = getattr(api, name)(*args, **kwargs)
-            out[name] = {"ok": True, "sha": getattr(result, "sha", None),
-                         "private": getattr(result, "private", None)}
+            if name.startswith("list_"):
+                out[label] = {"ok": True, "ids": [item.id for item in result]}
+                continue
+            out[label] = {"ok": True, "sha": getattr(result, "sha", None),
+                          "private": getattr(result, "private", None)}
         except Exception as exc:  # the client's error classes are what is checked
-            out[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            out[label] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     return out
 
 
@@ -407,15 +410,40 @@ def test_read_token_reads_and_private_adapter_is_repo_not_found_to_others(
         backend, served, published, make_user, tmp_path):
     endpoint, _ = served
     bob_read = make_user("bob", scope="read")
-    calls = [["model_info", ["bob/secret"], {}]]
+    calls = [["model_info", "model_info", ["bob/secret"], {}],
+             ["list_models", "list_models", [], {"author": "bob"}]]
     as_bob = run_client("calls", endpoint, bob_read, tmp_path, calls=calls)
     anonymous = run_client("calls", endpoint, None, tmp_path, calls=calls)
     results = {"read-scope token reads its private adapter": as_bob["model_info"]["ok"]
-               and as_bob["model_info"]["private"] is True,
+               and as_bob["model_info"]["private"] is True
+               and as_bob["list_models"]["ids"] == ["bob/secret"],
                "anonymous: private -> RepositoryNotFoundError":
-               anonymous["model_info"]["error"].startswith("RepositoryNotFoundError")}
+               anonymous["model_info"]["error"].startswith("RepositoryNotFoundError")
+               and anonymous["list_models"]["ids"] == []}
     _record(f"access ({backend})", results)
     assert all(results.values()), (as_bob, anonymous)
+
+
+def test_a_yanked_version_stays_reachable_by_label_and_commit_and_leaves_main(
+        backend, served, published, client, tmp_path):
+    from tests.e2e.helpers import auth
+
+    endpoint, _ = served
+    before = run_client("calls", endpoint, None, tmp_path, calls=[
+        ["2.0.0", "model_info", ["alice/style-lora"], {"revision": "2.0.0"}]])
+    assert client.post("/api/v1/adapters/alice/style-lora/versions/2.0.0/yank",
+                       json={"reason": "bad"}, headers=auth(published["alice"])).status_code == 200
+    found = run_client("calls", endpoint, None, tmp_path, calls=[
+        ["main", "model_info", ["alice/style-lora"], {}],
+        ["1.0.0", "model_info", ["alice/style-lora"], {"revision": "1.0.0"}],
+        ["label", "model_info", ["alice/style-lora"], {"revision": "2.0.0"}],
+        ["commit", "model_info", ["alice/style-lora"], {"revision": before["2.0.0"]["sha"]}]])
+    results = {"yanked: main is the newest not yanked": found["main"]["sha"]
+               == found["1.0.0"]["sha"],
+               "yanked: reachable by label and commit id": found["label"]["sha"]
+               == found["commit"]["sha"] == before["2.0.0"]["sha"]}
+    _record(f"yank ({backend})", results)
+    assert all(results.values()), found
 
 
 def test_peft_and_transformers_load_an_adapter_by_name(backend, served, published, lora_dir,
@@ -465,6 +493,60 @@ def test_resolve_headers_and_s3_redirect(served, published, client, settings):
     missing = requests.head(f"{endpoint}/alice/style-lora/resolve/1.0.0/nope.bin", timeout=30)
     assert missing.status_code == 404 and missing.headers["X-Error-Code"] == "EntryNotFound"
     assert missing.headers["X-Repo-Commit"] == head.headers["X-Repo-Commit"]
+
+
+def test_a_commit_body_is_decoded_to_disk_with_flat_memory(tmp_path):
+    import base64
+    import io
+    import tracemalloc
+
+    from hub.hf.ndjson import parse_commit
+
+    weights = os.urandom(32 * 1024 * 1024)
+    lines = [{"key": "header", "value": {"summary": "big"}},
+             {"key": "file", "value": {"content": base64.b64encode(weights).decode(),
+                                       "path": "adapter_model.safetensors",
+                                       "encoding": "base64"}},
+             {"key": "file", "value": {"content": base64.b64encode(b"{}").decode(),
+                                       "path": "adapter_config.json", "encoding": "base64"}}]
+    body = io.BytesIO(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+    tracemalloc.start()
+    try:
+        parsed = parse_commit(body, str(tmp_path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    try:
+        temp = parsed.files["adapter_model.safetensors"]
+        assert temp.size == len(weights)
+        assert temp.hexdigest() == hashlib.sha256(weights).hexdigest()
+        assert Path(temp.name).read_bytes() == weights
+        assert parsed.header == {"summary": "big"}
+        assert sorted(parsed.files) == ["adapter_config.json", "adapter_model.safetensors"]
+    finally:
+        parsed.close()
+    assert peak < 8 * 1024 * 1024  # the body is 43 MiB; reads are 1 MiB
+
+
+@pytest.mark.parametrize("body, says", [
+    (b'{"key": "file", "value": {"content": "AAAA", "path": "a"}}\n', "header"),
+    (b'{"key": "header", "value": {}}\n{"key": "file", "value": {"content": "A*==", '
+     b'"path": "a"}}\n', "base64"),
+    (b'{"key": "header", "value": {"summary": "x"}}\n{"key": "file", "value": {"content": '
+     b'"AAAA', "ends inside"),
+    (b'{"key": "header", "value": {"summary": "x"}}\nnot json\n', "JSON"),
+    (b'{"key": "header", "value": {"summary": "x"}}\n{"key": "rename", "value": {}}\n',
+     "Unknown commit line"),
+])
+def test_a_malformed_commit_body_is_an_invalid_request(tmp_path, body, says):
+    import io
+
+    from hub.errors import InvalidRequest
+    from hub.hf.ndjson import parse_commit
+
+    with pytest.raises(InvalidRequest, match=says):
+        parse_commit(io.BytesIO(body), str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 
 
 def test_commit_ids_are_stable_and_name_label_and_files():
