@@ -11,7 +11,7 @@ from hub.formats.readme import DEFAULT_MAX_README_BYTES, parse_front_matter
 from hub.hf import hf
 from hub.hf.auth import current_principal
 from hub.hf.errors import ENTRY_NOT_FOUND, REPO_NOT_FOUND, REVISION_NOT_FOUND, missing_is
-from hub.hf.shapes import model_info, model_summary, refs, tree_entry
+from hub.hf.shapes import commit_entry, model_info, model_summary, refs, tree_entry
 from hub.models import Adapter, Version
 from hub.runtime import current_hub
 from hub.services import catalog
@@ -147,6 +147,25 @@ def tree(owner: str, name: str, revision: str, path: str = ""):
             with missing_is(ENTRY_NOT_FOUND):
                 raise NotFound(f"{owner}/{name}@{version.label} has no folder {path!r}.")
         return jsonify([tree_entry(file) for file in version.files])
+
+
+@hf.post("/api/models/<owner>/<name>/paths-info/<revision>")
+def paths_info(owner: str, name: str, revision: str):
+    """The entries of the paths asked for that the revision holds (others are left out)."""
+    wanted = set(request.form.getlist("paths"))
+    with current_hub().db.session() as session:
+        version = find_version(find_adapter(session, owner, name), revision)
+        return jsonify([tree_entry(file) for file in version.files if file.path in wanted])
+
+
+@hf.get("/api/models/<owner>/<name>/commits/<revision>")
+def commits(owner: str, name: str, revision: str):
+    """The history of a revision: its version and every older one, newest first."""
+    with current_hub().db.session() as session:
+        adapter = find_adapter(session, owner, name)
+        version = find_version(adapter, revision)
+        return jsonify([commit_entry(adapter, v) for v in adapter.versions
+                        if (v.created_at, v.id) <= (version.created_at, version.id)])
 
 
 @hf.get("/api/models/<owner>/<name>/refs")

@@ -114,3 +114,12 @@ def refs(adapter: Adapter) -> dict:
     tags = [{"name": v.label, "ref": f"refs/tags/{v.label}", "targetCommit": version_commit(v)}
             for v in adapter.versions]
     return {"branches": branches, "converts": [], "tags": tags, "pullRequests": []}
+
+
+def commit_entry(adapter: Adapter, version: Version) -> dict:
+    """One commit of `GET /api/models/{repo}/commits/{revision}`: a version."""
+    title = f"Version {version.label}"
+    if version.yanked:
+        title += " (yanked" + (f": {version.yank_reason})" if version.yank_reason else ")")
+    return {"id": version_commit(version), "title": title, "message": "",
+            "authors": [{"user": adapter.owner.name}], "date": iso(version.created_at)}

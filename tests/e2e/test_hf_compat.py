@@ -196,6 +196,24 @@ def scenario_calls(calls: list) -> dict:
     return out
 
 
+def scenario_serve(repo: str, card: str) -> dict:
+    """Against `lorastack serve`: downloads, a commit, the history and paths-info."""
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+
+    api = HfApi()
+    found = {"hf_hub_download": hashlib.sha256(Path(hf_hub_download(
+        repo, "adapter_model.safetensors")).read_bytes()).hexdigest(),
+        "snapshot_download": _digests(snapshot_download(repo, revision="1.0.0"))}
+    found["upload_file"] = api.upload_file(path_or_fileobj=card.encode(),
+                                           path_in_repo="README.md", repo_id=repo).oid
+    found["list_repo_commits"] = [[c.commit_id, c.title] for c in api.list_repo_commits(repo)]
+    found["get_paths_info"] = [[p.path, p.size] for p in api.get_paths_info(
+        repo, ["adapter_config.json", "nope.bin"], revision="1.0.0")]
+    found["file_exists"] = [api.file_exists(repo, "README.md"),
+                            api.file_exists(repo, "nope.bin")]
+    return found
+
+
 def scenario_peft(repo: str, base_dir: str, local_adapter: str) -> dict:
     """peft and transformers load the adapter by name; outputs match the local folder."""
     import torch
@@ -463,6 +481,40 @@ def test_peft_and_transformers_load_an_adapter_by_name(backend, served, publishe
         "LORA", 4, ["q_proj", "v_proj"]]
     _record(f"peft ({backend})", results)
     assert all(results.values()), found
+
+
+def test_the_clients_against_lorastack_serve(backend, published, client, settings,
+                                            tmp_path):
+    """The same calls through gunicorn (`lorastack serve`), as deployed."""
+    from tests.support.moto_server import free_port
+    from tests.support.processes import HubProcess, hub_env
+
+    port = free_port()
+    server = HubProcess(["serve"], hub_env(settings, PORT=str(port)), tmp_path / "serve.log")
+    try:
+        server.wait_for_log("Booting worker")
+        card = CARD.replace("version_note: first", "version: 3.0.0")
+        found = run_client("serve", f"http://127.0.0.1:{port}", published["alice"], tmp_path,
+                           repo="alice/style-lora", card=card)
+    finally:
+        server.stop()
+    detail = client.get("/api/v1/adapters/alice/style-lora").get_json()
+    labels = [v["version"] for v in detail["versions"]]
+    weights = {f["path"]: f for f in detail["versions"][1]["files"]}["adapter_model.safetensors"]
+    checks = {
+        "serve: hf_hub_download": found["hf_hub_download"] == weights["sha256"],
+        "serve: snapshot_download(revision)": found["snapshot_download"] == _files(
+            published["carded"]),
+        "serve: upload_file (version: from the card)": labels == ["3.0.0", "2.0.0", "1.0.0"],
+        "serve: list_repo_commits": [title for _, title in found["list_repo_commits"]] == [
+            "Version 3.0.0", "Version 2.0.0", "Version 1.0.0"]
+        and found["list_repo_commits"][0][0] == found["upload_file"],
+        "serve: get_paths_info": found["get_paths_info"] == [
+            ["adapter_config.json", (published["carded"] / "adapter_config.json").stat().st_size]],
+        "serve: file_exists": found["file_exists"] == [True, False],
+    }
+    _record(f"serve ({backend})", checks)
+    assert all(checks.values()), found
 
 
 def test_resolve_headers_and_s3_redirect(served, published, client, settings):
