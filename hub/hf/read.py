@@ -230,6 +230,3 @@ def resolve(owner: str, name: str, revision: str, path: str):
 
 def _repo(adapter: Adapter) -> str:
     return f"{adapter.owner.name}/{adapter.name}"
-
-
-__all__ = ["find_adapter", "find_version", "version_commit"]

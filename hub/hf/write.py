@@ -33,10 +33,11 @@ def create_repo():
         raise InvalidRequest("This hub holds models (LoRA adapters) only.")
     owner = body.get("organization") or _caller_name()
     name = body.get("name")
+    if not isinstance(name, str) or not isinstance(owner, str):
+        raise InvalidRequest("Send {'name': <adapter name>, 'organization': <owner>}.")
     private = body.get("visibility") == "private" or body.get("private") is True
     with current_hub().db.session() as session:
-        adapter, created = create_adapter(session, current_principal(), str(owner), str(name),
-                                          private)
+        adapter, created = create_adapter(session, current_principal(), owner, name, private)
         repo = f"{adapter.owner.name}/{adapter.name}"
     url = f"{request.host_url}{repo}"
     if not created:
