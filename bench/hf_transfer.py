@@ -38,7 +38,9 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 
 def _timed(argv: list[str], env: dict) -> float:
     start = time.perf_counter()
-    subprocess.run(argv, env=env, check=True, capture_output=True, text=True)
+    out = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{out.stdout}{out.stderr}")
     return time.perf_counter() - start
 
 
@@ -47,7 +49,9 @@ def _hf(hub: Hub, action: str, repo: str, path: Path, home: Path) -> float:
                     HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1",
                     HF_HUB_OFFLINE="0")
     out = subprocess.run([sys.executable, "-c", _HF_CHILD, action, repo, str(path)], env=env,
-                         check=True, capture_output=True, text=True)
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"huggingface_hub {action} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
 
 
