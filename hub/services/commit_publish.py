@@ -77,9 +77,10 @@ def publish_commit(session: Session, store: BlobStore, principal: Principal | No
                              .where(User.name == owner, Adapter.name == name))
     base = latest_version(adapter) if adapter is not None else None
     with ExitStack() as cleanup:
-        files = {file.path: _carried(store, file, tmp_dir, cleanup)
-                 for file in (base.files if base is not None else [])}
-        files.update({upload.name: upload for upload in added})
+        files = {upload.name: upload for upload in added}
+        for file in (base.files if base is not None else []):
+            if file.path not in files:  # only what the commit keeps is fetched
+                files[file.path] = _carried(store, file, tmp_dir, cleanup)
         uploads = list(files.values())
         if base is not None and fingerprint(uploads) == base.fingerprint:
             return PublishResult(adapter, base, False)
