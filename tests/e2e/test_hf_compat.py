@@ -211,6 +211,11 @@ def scenario_serve(repo: str, card: str) -> dict:
         repo, ["adapter_config.json", "nope.bin"], revision="1.0.0")]
     found["file_exists"] = [api.file_exists(repo, "README.md"),
                             api.file_exists(repo, "nope.bin")]
+    out = Path(os.environ["HF_HOME"]).parent / "hf-cli"
+    cli = subprocess.run([str(Path(sys.executable).parent / "hf"), "download", repo,
+                          "--revision", "1.0.0", "--local-dir", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    found["hf download"] = _digests(str(out)) if cli.returncode == 0 else cli.stderr[-2000:]
     return found
 
 
@@ -428,13 +433,21 @@ def test_read_token_reads_and_private_adapter_is_repo_not_found_to_others(
         backend, served, published, make_user, tmp_path):
     endpoint, _ = served
     bob_read = make_user("bob", scope="read")
+    card = tmp_path / "README.md"
+    card.write_text(CARD)
     calls = [["model_info", "model_info", ["bob/secret"], {}],
-             ["list_models", "list_models", [], {"author": "bob"}]]
+             ["list_models", "list_models", [], {"author": "bob"}],
+             ["upload_file", "upload_file", [], {"path_or_fileobj": str(card),
+                                                 "path_in_repo": "README.md",
+                                                 "repo_id": "bob/secret"}]]
     as_bob = run_client("calls", endpoint, bob_read, tmp_path, calls=calls)
     anonymous = run_client("calls", endpoint, None, tmp_path, calls=calls)
     results = {"read-scope token reads its private adapter": as_bob["model_info"]["ok"]
                and as_bob["model_info"]["private"] is True
                and as_bob["list_models"]["ids"] == ["bob/secret"],
+               "read-scope token cannot write (forbidden)": not as_bob["upload_file"]["ok"]
+               and "read scope" in as_bob["upload_file"]["error"]
+               and "(forbidden)" in as_bob["upload_file"]["error"],
                "anonymous: private -> RepositoryNotFoundError":
                anonymous["model_info"]["error"].startswith("RepositoryNotFoundError")
                and anonymous["list_models"]["ids"] == []}
@@ -512,6 +525,7 @@ def test_the_clients_against_lorastack_serve(backend, published, client, setting
         "serve: get_paths_info": found["get_paths_info"] == [
             ["adapter_config.json", (published["carded"] / "adapter_config.json").stat().st_size]],
         "serve: file_exists": found["file_exists"] == [True, False],
+        "serve: hf download (CLI)": found["hf download"] == _files(published["carded"]),
     }
     _record(f"serve ({backend})", checks)
     assert all(checks.values()), found
