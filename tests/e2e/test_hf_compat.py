@@ -481,8 +481,6 @@ def test_peft_and_transformers_load_an_adapter_by_name(backend, served, publishe
                                                        tmp_path, settings):
     from tests.support.tiny_models import tiny_llama
 
-    if "postgres" in settings.database_url:
-        pytest.skip("the loaders read through the same calls; one backend is enough")
     base_dir = tmp_path / "base"
     tiny_llama(0).save_pretrained(base_dir)
     endpoint, _ = served
@@ -668,8 +666,6 @@ def test_push_to_hub_round_trip_gives_the_same_outputs(backend, served, publishe
                                                        settings):
     from tests.support.tiny_models import tiny_llama
 
-    if "postgres" in settings.database_url:
-        pytest.skip("push_to_hub makes the calls of the write test; one backend is enough")
     base_dir = tmp_path / "base"
     tiny_llama(0).save_pretrained(base_dir)
     endpoint, _ = served
