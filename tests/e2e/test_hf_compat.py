@@ -1,10 +1,8 @@
 """The Hugging Face Hub protocol: the real huggingface_hub, peft and transformers, with
 HF_ENDPOINT set to a hub served over real HTTP, on both backends.
 
-The clients run in a child process: huggingface_hub reads HF_ENDPOINT, HF_TOKEN, HF_HOME
-and HF_HUB_OFFLINE when it is imported, and this suite's conftest makes the test process
-offline. Each child runs one scenario (a function below) and prints its findings as JSON;
-the assertions are made here, on what the real clients saw and on what the server served.
+The clients run in a child process, one scenario each (tests/support/hf_clients.py); the
+assertions are made here, on what the real clients saw and on what the server served.
 """
 from __future__ import annotations
 
@@ -19,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import publish
+from tests.support.hf_clients import digests
 
 ROOT = Path(__file__).resolve().parents[2]
 #: (scenario, call, passed): printed as the closing table of the run.
@@ -79,237 +78,11 @@ def run_client(scenario: str, endpoint: str, token: str | None, tmp_path: Path,
     env.pop("HF_TOKEN", None)
     if token:
         env["HF_TOKEN"] = token
-    proc = subprocess.run([sys.executable, "-c", "from tests.e2e.test_hf_compat import"
+    proc = subprocess.run([sys.executable, "-c", "from tests.support.hf_clients import"
                            " client_main; client_main()"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def client_main() -> None:
-    """Entry point of the child process: run the scenario named in HF_SCENARIO."""
-    scenario, params = json.loads(os.environ["HF_SCENARIO"])
-    print(json.dumps(globals()[f"scenario_{scenario}"](**params)))
-
-
-def _error(call) -> str:
-    """The name of the exception `call()` raises, with its message (or 'no error')."""
-    try:
-        call()
-    except Exception as exc:  # the client's own error classes are what is checked
-        return f"{type(exc).__name__}: {exc}"
-    return "no error"
-
-
-def _digests(folder: str) -> dict:
-    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in Path(folder).iterdir() if path.is_file()}
-
-
-# --- scenarios: run in the child, with HF_ENDPOINT / HF_TOKEN / HF_HOME set ------------
-
-def scenario_read(repo: str, private_repo: str, local_dir: str) -> dict:
-    """model_info, listings, tree, refs, downloads, metadata and whoami."""
-    from huggingface_hub import (HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url,
-                                 snapshot_download)
-    from huggingface_hub.utils._pagination import paginate
-
-    api = HfApi()
-    found: dict = {}
-    info = api.model_info(repo, files_metadata=True)
-    found["model_info"] = {
-        "id": info.id, "sha": info.sha, "private": info.private, "tags": info.tags,
-        "downloads": info.downloads, "library_name": info.library_name,
-        "last_modified": info.last_modified.isoformat() if info.last_modified else None,
-        "card_data": info.card_data.to_dict() if info.card_data else None,
-        "siblings": {s.rfilename: {"size": s.size, "sha256": s.lfs.sha256 if s.lfs else None}
-                     for s in info.siblings}}
-    old = api.model_info(repo, revision="1.0.0")
-    found["model_info_by_label"] = {"sha": old.sha,
-                                    "card_data": old.card_data.to_dict() if old.card_data
-                                    else None}
-    found["model_info_by_commit"] = api.model_info(repo, revision=old.sha).sha
-    found["list_models"] = {
-        "search": [m.id for m in api.list_models(search="style")],
-        "author": sorted(m.id for m in api.list_models(author="alice")),
-        "filter": [m.id for m in api.list_models(filter="chat")],
-        "sorted": [m.id for m in api.list_models(author="alice", sort="downloads", limit=5)],
-        "limit": len(list(api.list_models(limit=1))),
-        "pages": [item["id"] for item in paginate(f"{api.endpoint}/api/models",
-                                                  params={"limit": 1, "sort": "id"},
-                                                  headers=api._build_hf_headers())],
-    }
-    found["list_repo_files"] = sorted(api.list_repo_files(repo))
-    found["list_repo_files_old"] = sorted(api.list_repo_files(repo, revision="1.0.0"))
-    found["list_repo_tree"] = sorted([f.path, f.size, f.lfs.sha256 if f.lfs else None]
-                                     for f in api.list_repo_tree(repo))
-    refs = api.list_repo_refs(repo)
-    found["list_repo_refs"] = {"branches": {r.name: r.target_commit for r in refs.branches},
-                               "tags": {r.name: r.target_commit for r in refs.tags}}
-    path = hf_hub_download(repo, "adapter_model.safetensors")
-    found["hf_hub_download"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    path = hf_hub_download(repo, "adapter_config.json", revision="1.0.0")
-    found["hf_hub_download_label"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    meta = get_hf_file_metadata(hf_hub_url(repo, "adapter_model.safetensors"))
-    found["get_hf_file_metadata"] = {"commit": meta.commit_hash, "etag": meta.etag,
-                                     "size": meta.size}
-    found["snapshot_download"] = _digests(snapshot_download(repo))
-    found["snapshot_download_old"] = _digests(snapshot_download(repo, revision="1.0.0"))
-    found["snapshot_download_patterns"] = _digests(snapshot_download(
-        repo, allow_patterns=["*.json"], local_dir=local_dir + "-json"))
-    found["snapshot_download_local_dir"] = _digests(snapshot_download(repo, local_dir=local_dir))
-    found["whoami"] = api.whoami()["name"]
-    found["private_is_repo_not_found"] = _error(lambda: api.model_info(private_repo))
-    found["private_download_is_repo_not_found"] = _error(
-        lambda: hf_hub_download(private_repo, "adapter_config.json"))
-    found["missing_repo"] = _error(lambda: api.model_info("alice/nothing-here"))
-    found["missing_revision"] = _error(lambda: api.model_info(repo, revision="9.9.9"))
-    found["missing_revision_download"] = _error(
-        lambda: hf_hub_download(repo, "adapter_config.json", revision="9.9.9"))
-    found["missing_entry"] = _error(lambda: hf_hub_download(repo, "nope.bin"))
-    return found
-
-
-def scenario_snapshot(repo: str, revision: str | None = None) -> dict:
-    """One snapshot_download: the digests of the files it returns."""
-    from huggingface_hub import snapshot_download
-
-    return _digests(snapshot_download(repo, revision=revision))
-
-
-def scenario_calls(calls: list) -> dict:
-    """A few HfApi calls by name; each one's result or error name."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    out = {}
-    for label, name, args, kwargs in calls:
-        try:
-            result = getattr(api, name)(*args, **kwargs)
-            if name.startswith("list_"):
-                out[label] = {"ok": True, "ids": [item.id for item in result]}
-                continue
-            out[label] = {"ok": True, "sha": getattr(result, "sha", None),
-                          "private": getattr(result, "private", None)}
-        except Exception as exc:  # the client's error classes are what is checked
-            out[label] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    return out
-
-
-def scenario_serve(repo: str, card: str) -> dict:
-    """Against `lorastack serve`: downloads, a commit, the history and paths-info."""
-    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
-
-    api = HfApi()
-    found = {"hf_hub_download": hashlib.sha256(Path(hf_hub_download(
-        repo, "adapter_model.safetensors")).read_bytes()).hexdigest(),
-        "snapshot_download": _digests(snapshot_download(repo, revision="1.0.0"))}
-    found["upload_file"] = api.upload_file(path_or_fileobj=card.encode(),
-                                           path_in_repo="README.md", repo_id=repo).oid
-    found["list_repo_commits"] = [[c.commit_id, c.title] for c in api.list_repo_commits(repo)]
-    found["get_paths_info"] = [[p.path, p.size] for p in api.get_paths_info(
-        repo, ["adapter_config.json", "nope.bin"], revision="1.0.0")]
-    found["file_exists"] = [api.file_exists(repo, "README.md"),
-                            api.file_exists(repo, "nope.bin")]
-    out = Path(os.environ["HF_HOME"]).parent / "hf-cli"
-    cli = subprocess.run([str(Path(sys.executable).parent / "hf"), "download", repo,
-                          "--revision", "1.0.0", "--local-dir", str(out)],
-                         capture_output=True, text=True, timeout=300)
-    found["hf download"] = _digests(str(out)) if cli.returncode == 0 else cli.stderr[-2000:]
-    return found
-
-
-def scenario_peft(repo: str, base_dir: str, local_adapter: str) -> dict:
-    """peft and transformers load the adapter by name; outputs match the local folder."""
-    import torch
-    from peft import PeftConfig, PeftModel
-    from transformers import AutoModelForCausalLM
-
-    tokens = torch.tensor([[1, 5, 9, 3, 7]])
-
-    def logits(model):
-        with torch.no_grad():
-            return model(tokens).logits
-
-    def base():
-        return AutoModelForCausalLM.from_pretrained(base_dir).eval()
-
-    reference = logits(PeftModel.from_pretrained(base(), local_adapter).eval())
-    found = {}
-    by_name = PeftModel.from_pretrained(base(), repo).eval()
-    found["PeftModel.from_pretrained"] = bool(torch.allclose(logits(by_name), reference))
-    pinned = PeftModel.from_pretrained(base(), repo, revision="1.0.0").eval()
-    found["PeftModel.from_pretrained(revision)"] = bool(
-        torch.allclose(logits(pinned), reference))
-    config = PeftConfig.from_pretrained(repo)
-    found["PeftConfig.from_pretrained"] = [config.peft_type, config.r,
-                                           sorted(config.target_modules)]
-    model = base()
-    model.load_adapter(repo)
-    found["load_adapter"] = bool(torch.allclose(logits(model), reference))
-    return found
-
-
-def scenario_write(repo: str, folder: str, other_folder: str, work: str) -> dict:
-    """create_repo, upload_folder, upload_file, no-op commits, refusals and delete_file."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    work_dir = Path(work)
-    found: dict = {}
-    url = api.create_repo(repo, private=True)
-    found["create_repo"] = [url.repo_id, api.model_info(repo).private]
-    found["create_repo(exist_ok)"] = api.create_repo(repo, private=True, exist_ok=True).repo_id
-    first = api.upload_folder(folder_path=folder, repo_id=repo)
-    found["upload_folder"] = first.oid
-    found["upload_folder again"] = api.upload_folder(folder_path=folder, repo_id=repo).oid
-    card = work_dir / "README.md"
-    card.write_text("---\nlicense: mit\nversion: 2.0.0\n---\n# Relicensed\n")
-    found["upload_file"] = api.upload_file(path_or_fileobj=str(card), path_in_repo="README.md",
-                                           repo_id=repo).oid
-    found["upload_folder(other weights)"] = api.upload_folder(
-        folder_path=other_folder, repo_id=repo, allow_patterns=["*.json", "*.safetensors"]).oid
-    pickle = work_dir / "adapter_model.bin"
-    pickle.write_bytes(b"\x80\x04K\x01.")
-    found["pickle refused"] = _error(lambda: api.upload_file(
-        path_or_fileobj=str(pickle), path_in_repo="adapter_model.bin", repo_id=repo))
-    found["unexpected file refused"] = _error(lambda: api.upload_file(
-        path_or_fileobj=b"x", path_in_repo="notes.txt", repo_id=repo))
-    bad = work_dir / "adapter_model.safetensors"
-    bad.write_bytes(b"\xff" * 64)
-    found["bad safetensors refused"] = _error(lambda: api.upload_file(
-        path_or_fileobj=str(bad), path_in_repo="adapter_model.safetensors", repo_id=repo))
-    found["delete_file refused"] = _error(lambda: api.delete_file("README.md", repo_id=repo))
-    found["delete_tag refused"] = _error(lambda: api.delete_tag(repo, tag="2.0.0"))
-    found["refs"] = sorted(ref.name for ref in api.list_repo_refs(repo).tags)
-    return found
-
-
-def scenario_push(repo: str, new_repo: str, base_dir: str) -> dict:
-    """PeftModel.push_to_hub, then snapshot_download and load: the same outputs."""
-    import torch
-    from huggingface_hub import snapshot_download
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    tokens = torch.tensor([[1, 5, 9, 3, 7]])
-    torch.manual_seed(3)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir).eval(),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                      init_lora_weights=False)).eval()
-    with torch.no_grad():
-        expected = model(tokens).logits
-    found = {"push_to_hub (new adapter, no licence)": _error(
-        lambda: model.push_to_hub(new_repo))}
-    model.push_to_hub(repo)
-    folder = snapshot_download(repo)
-    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir).eval(),
-                                       folder).eval()
-    with torch.no_grad():
-        found["push_to_hub -> snapshot_download -> same outputs"] = bool(
-            torch.allclose(loaded(tokens).logits, expected))
-    found["files"] = sorted(p.name for p in Path(folder).iterdir())
-    return found
 
 
 # --- the tests -------------------------------------------------------------------------
@@ -345,7 +118,7 @@ def published(client, make_user, lora_dir, other_lora_dir, tmp_path):
 
 
 def _files(folder: Path) -> dict:
-    return _digests(str(folder))
+    return digests(str(folder))
 
 
 def test_read_side_calls_of_huggingface_hub(backend, served, published, client, other_lora_dir,
@@ -356,13 +129,13 @@ def test_read_side_calls_of_huggingface_hub(backend, served, published, client, 
     api = client.get("/api/v1/adapters/alice/style-lora").get_json()
     new = api["versions"][0]
     sizes = {f["path"]: f["size"] for f in new["files"]}
-    digests = {f["path"]: f["sha256"] for f in new["files"]}
+    sha256s = {f["path"]: f["sha256"] for f in new["files"]}
     info = found["model_info"]
     checks = {
         "model_info": info["id"] == "alice/style-lora" and len(info["sha"]) == 40
         and info["private"] is False and info["library_name"] == "peft"
         and "chat" in info["tags"] and "peft" in info["tags"]
-        and info["siblings"] == {p: {"size": sizes[p], "sha256": digests[p]} for p in sizes}
+        and info["siblings"] == {p: {"size": sizes[p], "sha256": sha256s[p]} for p in sizes}
         and info["last_modified"] is not None,
         "model_info(revision=label)": found["model_info_by_label"]["card_data"]["license"]
         == "apache-2.0" and found["model_info_by_label"]["card_data"]["tags"] == ["chat",
@@ -380,21 +153,21 @@ def test_read_side_calls_of_huggingface_hub(backend, served, published, client, 
         "list_repo_files": found["list_repo_files"] == sorted(sizes)
         and found["list_repo_files_old"] == sorted(_files(published["carded"])),
         "list_repo_tree": found["list_repo_tree"] == sorted(
-            [p, sizes[p], digests[p]] for p in sizes),
+            [p, sizes[p], sha256s[p]] for p in sizes),
         "list_repo_refs": found["list_repo_refs"]["branches"] == {"main": info["sha"]}
         and found["list_repo_refs"]["tags"] == {"2.0.0": info["sha"],
                                                 "1.0.0": found["model_info_by_label"]["sha"]},
-        "hf_hub_download": found["hf_hub_download"] == digests["adapter_model.safetensors"],
+        "hf_hub_download": found["hf_hub_download"] == sha256s["adapter_model.safetensors"],
         "hf_hub_download(revision)": found["hf_hub_download_label"] == _files(
             published["carded"])["adapter_config.json"],
         "get_hf_file_metadata": found["get_hf_file_metadata"] == {
-            "commit": info["sha"], "etag": digests["adapter_model.safetensors"],
+            "commit": info["sha"], "etag": sha256s["adapter_model.safetensors"],
             "size": sizes["adapter_model.safetensors"]},
         "snapshot_download": found["snapshot_download"] == _files(other_lora_dir),
         "snapshot_download(revision)": found["snapshot_download_old"] == _files(
             published["carded"]),
         "snapshot_download(allow_patterns)": found["snapshot_download_patterns"] == {
-            "adapter_config.json": digests["adapter_config.json"]},
+            "adapter_config.json": sha256s["adapter_config.json"]},
         "snapshot_download(local_dir)": found["snapshot_download_local_dir"] == _files(
             other_lora_dir),
         "whoami": found["whoami"] == "alice",
@@ -478,7 +251,7 @@ def test_a_yanked_version_stays_reachable_by_label_and_commit_and_leaves_main(
 
 
 def test_peft_and_transformers_load_an_adapter_by_name(backend, served, published, lora_dir,
-                                                       tmp_path, settings):
+                                                       tmp_path):
     from tests.support.tiny_models import tiny_llama
 
     base_dir = tmp_path / "base"
@@ -662,8 +435,8 @@ def test_write_side_publishes_versions_through_the_publish_service(
     assert sorted(versions) == ["1", "2", "2.0.0"]
 
 
-def test_push_to_hub_round_trip_gives_the_same_outputs(backend, served, published, client, tmp_path,
-                                                       settings):
+def test_push_to_hub_round_trip_gives_the_same_outputs(backend, served, published, client,
+                                                       tmp_path):
     from tests.support.tiny_models import tiny_llama
 
     base_dir = tmp_path / "base"
