@@ -85,15 +85,19 @@ def publish_commit(session: Session, store: BlobStore, principal: Principal | No
         if base is not None and fingerprint(uploads) == base.fingerprint:
             return PublishResult(adapter, base, False)
         front = _front_matter(files.get("README.md"))
-        brought = any(upload.name == "README.md" for upload in added)
-        label = _label(front if brought else {}, adapter)
+        named = front if any(upload.name == "README.md" for upload in added) else {}
+        label = _label(named, adapter)
         choice = _license(front, adapter, base, owner, name)
         try:
             return publish_version(session, store, principal, owner, name, label, uploads,
                                    choice, Metadata())
         except VersionExists as exc:
-            raise VersionExists(f"{exc.detail} Change `version:` in the README's front matter"
-                                " (or remove it: the next integer is used).") from None
+            if named.get("version") is not None:
+                raise VersionExists(f"{exc.detail} Change `version:` in the README's front"
+                                    " matter (or remove it: the next integer is used).") from None
+            # The next integer was free when read: another commit published it since.
+            raise VersionExists(f"{exc.detail} Another commit published version {label}"
+                                " meanwhile; commit again for the next one.") from None
 
 
 def _carried(store: BlobStore, file, tmp_dir: Path, cleanup: ExitStack) -> Upload:

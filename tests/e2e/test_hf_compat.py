@@ -421,6 +421,8 @@ def test_write_side_publishes_versions_through_the_publish_service(
         "upload_folder (next integer, licence kept)": versions["2"]["license"] == "mit"
         and {f["path"]: f["sha256"] for f in versions["2"]["files"]}[
             "adapter_model.safetensors"] == _files(other_lora_dir)["adapter_model.safetensors"],
+        "card's version: taken -> refused (version_exists)": "(version_exists)" in found[
+            "taken version: refused"] and "Change `version:`" in found["taken version: refused"],
         "pickle refused (unsupported_format)": "(unsupported_format)" in found["pickle refused"],
         "non-adapter file refused (unexpected_file)": "(unexpected_file)" in found[
             "unexpected file refused"],

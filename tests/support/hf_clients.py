@@ -198,6 +198,9 @@ def scenario_write(repo: str, folder: str, other_folder: str, work: str) -> dict
                                            repo_id=repo).oid
     found["upload_folder(other weights)"] = api.upload_folder(
         folder_path=other_folder, repo_id=repo, allow_patterns=["*.json", "*.safetensors"]).oid
+    card.write_text("---\nlicense: mit\nversion: 2.0.0\n---\n# Changed again\n")
+    found["taken version: refused"] = _error(lambda: api.upload_file(
+        path_or_fileobj=str(card), path_in_repo="README.md", repo_id=repo))
     pickle = work_dir / "adapter_model.bin"
     pickle.write_bytes(b"\x80\x04K\x01.")
     found["pickle refused"] = _error(lambda: api.upload_file(
