@@ -34,6 +34,7 @@ def build_app(settings: Settings | None = None) -> Flask:
     from hub.api.problems import problem
     from hub.api.metrics import install_metrics
     from hub.api.uploads import HubRequest
+    from hub.hf import register as register_hf
     from hub.jobs import open_queue
     from hub.web import register as register_web
 
@@ -58,6 +59,7 @@ def build_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies,
                                 x_proto=settings.trusted_proxies)
     app.register_blueprint(api_v1)
+    register_hf(app)
     register_web(app)
     _register_error_handlers(app, [("/api/", problem)])
     install_metrics(app)

@@ -14,11 +14,11 @@ from hub.services import catalog
 from hub.services.access import require_owner
 from hub.services.names import parse_metadata
 from hub.services.publish import LicenseChoice, Upload, publish_version
-from hub.services.downloads import file_cache_control, redirect_cache_control
+from hub.services.downloads import (counts_as_download, file_cache_control,
+                                    redirect_cache_control)
 from hub.services.shapes import adapter_detail, adapter_summary, version_view
 
 FORM_FIELDS = {"version", "license", "license_name", "license_link", "metadata"}
-COUNTED_FILE = "adapter_model.safetensors"
 
 
 @api_v1.get("/adapters")
@@ -155,8 +155,8 @@ def download(owner: str, name: str, version: str, path: str):
         response.headers["Cache-Control"] = file_cache_control(adapter.visibility, pinned)
         response.headers.pop("Expires", None)
     # Count bytes that went out: not a HEAD, a 304 revalidation or a 416.
-    if (path == COUNTED_FILE and request.method == "GET" and _first_byte_requested()
-            and response.status_code in (200, 206, 302)):
+    if counts_as_download(path, request.method, request.headers.get("Range"),
+                          response.status_code):
         with hub.db.session() as session:
             catalog.record_download(session, adapter.id)
         current_app.extensions["lorastack_metrics"].downloads.inc()
@@ -170,12 +170,6 @@ def _require_adapter_owner(owner: str, name: str) -> None:
     with current_hub().db.session() as session:
         catalog.get_adapter(session, principal, owner, name)
     require_owner(principal, owner)
-
-
-def _first_byte_requested() -> bool:
-    """A download counts once: a plain GET, or the range that starts at byte 0."""
-    header = request.headers.get("Range")
-    return header is None or header.replace(" ", "").startswith("bytes=0-")
 
 
 def _mimetype(path: str) -> str:

@@ -25,3 +25,16 @@ def redirect_cache_control(visibility: str, pinned: bool, url_ttl: int) -> str:
     if visibility != "public" or not pinned:
         return file_cache_control(visibility, pinned)
     return f"public, max-age={max(0, min(PUBLIC_MAX_AGE, url_ttl // 2))}"
+
+
+#: The file whose download counts as one download of the adapter, on every surface.
+COUNTED_FILE = "adapter_model.safetensors"
+
+
+def counts_as_download(path: str, method: str, range_header: str | None, status: int) -> bool:
+    """Whether a response sent the adapter's weights out: a GET (not a HEAD) of the weights
+    that starts at byte 0 and was answered with bytes or a redirect to them (not a 304
+    revalidation or a 416)."""
+    first_byte = range_header is None or range_header.replace(" ", "").startswith("bytes=0-")
+    return (path == COUNTED_FILE and method == "GET" and first_byte
+            and status in (200, 206, 302))
