@@ -10,6 +10,7 @@ from typing import Callable
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from hub.bodies import UPLOAD_ENDPOINTS
 from hub.config import Settings
 from hub.errors import (FileTooLarge, HubError, InternalError, InvalidRequest, MethodNotAllowed,
                         NotFound)
@@ -29,7 +30,7 @@ Renderer = Callable[[HubError], Response]
 
 def build_app(settings: Settings | None = None) -> Flask:
     """Create the app: settings from the environment unless given; nothing global."""
-    from hub.api import UPLOAD_ENDPOINTS, api_v1
+    from hub.api import api_v1
     from hub.api.limits import install_limits
     from hub.api.problems import problem
     from hub.api.metrics import install_metrics
@@ -106,7 +107,6 @@ def build_app(settings: Settings | None = None) -> Flask:
 
 def _register_error_handlers(app: Flask, renderers: list[tuple[str, Renderer]]) -> None:
     """Every failure becomes a HubError, rendered by the surface whose path it reached."""
-    from hub.api import UPLOAD_ENDPOINTS
     from hub.api.problems import caller_safe, problem
     from hub.web.errors import error_page
 

@@ -5,9 +5,6 @@ from flask import Blueprint
 
 api_v1 = Blueprint("api_v1", __name__, url_prefix="/api/v1")
 
-#: The one endpoint that takes a large body (a multipart upload streamed to disk, once the
-#: caller is known to own the adapter); every other body is JSON under max_json_bytes.
-UPLOAD_ENDPOINTS = frozenset({"api_v1.publish"})
 
 # Imported for their routes, which register on api_v1.
 from hub.api import adapters, merges, meta, openapi, tokens  # noqa: E402,F401

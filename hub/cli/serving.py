@@ -37,6 +37,7 @@ from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 from waitress.utilities import Error
 from werkzeug.exceptions import HTTPException
 
+from hub.bodies import UPLOAD_ENDPOINTS, shows_credentials
 from hub.errors import FileTooLarge, HubError, InvalidRequest, Unauthorized
 
 #: The request line's limit (as nginx's large_client_header_buffers): longer is 414.
@@ -100,24 +101,25 @@ def _as_problem(error: Error) -> ServerError:
 
 class BodyGate:
     """The limits a request meets before its body is read: which route may take a large body
-    (the publish route, hub.api.UPLOAD_ENDPOINTS) and that an anonymous caller never may."""
+    (hub.bodies.UPLOAD_ENDPOINTS) and that an anonymous caller never may."""
 
     def __init__(self, app, settings) -> None:
-        from hub.api import UPLOAD_ENDPOINTS
-
         self._urls = app.url_map.bind("localhost")
-        self._uploads = UPLOAD_ENDPOINTS
         self.max_json = settings.max_json_bytes
         self.max_upload = settings.max_upload_bytes
         self.spool_dir = str(settings.data_dir / "tmp")
 
+    def endpoint(self, method: str, path: str) -> str | None:
+        """The route's endpoint name (None: no route)."""
+        try:
+            return self._urls.match(path, method=method)[0]
+        except HTTPException:
+            return None
+
     def body_limit(self, method: str, path: str) -> int:
         """The most bytes a body to this route may have."""
-        try:
-            endpoint, _ = self._urls.match(path, method=method)
-        except HTTPException:
-            return self.max_json
-        return self.max_upload if endpoint in self._uploads else self.max_json
+        return (self.max_upload if self.endpoint(method, path) in UPLOAD_ENDPOINTS
+                else self.max_json)
 
     def refusal(self, method: str, path: str, headers: dict, length: int | None,
                 limit: int) -> HubError | None:
@@ -130,7 +132,7 @@ class BodyGate:
             return InvalidRequest(f"The body is larger than this hub accepts here ({limit}"
                                   " bytes; LORASTACK_MAX_JSON_BYTES): send a small JSON object.",
                                   status=413)
-        if not headers.get("AUTHORIZATION"):
+        if not shows_credentials(headers, self.endpoint(method, path) or ""):
             return Unauthorized("Publishing needs a write token: send it as"
                                 " `Authorization: Bearer <token>`.")
         if length is not None and length > limit:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from flask import flash, g, redirect, render_template, request, session, url_for
 
 from hub.api.limits import current_limits
+from hub.bodies import SESSION_COOKIE, UPLOAD_ENDPOINTS
 from hub.errors import HubError, InvalidRequest, NotFound, RateLimited
 from hub.runtime import EXTENSION_KEY, current_hub
 from hub.services import accounts
@@ -20,8 +21,6 @@ from hub.web.csrf import check_csrf, csrf_token, new_token
 
 SESSION_LIFETIME = timedelta(days=14)
 WRONG_SIGN_IN = "Wrong name or password."
-#: The pages that take an upload as large as the API's publish (a multipart body).
-UPLOAD_ENDPOINTS = frozenset({"web.publish"})
 
 
 @bp.record_once
@@ -29,7 +28,7 @@ def _configure_sessions(state) -> None:
     """Cookie flags: never readable by scripts, not sent on cross-site posts, and only over
     HTTPS when LORASTACK_COOKIE_SECURE=1 (the production setting)."""
     settings = state.app.extensions[EXTENSION_KEY].settings
-    state.app.config.update(SESSION_COOKIE_NAME="lorastack_session",
+    state.app.config.update(SESSION_COOKIE_NAME=SESSION_COOKIE,
                             SESSION_COOKIE_HTTPONLY=True,
                             SESSION_COOKIE_SAMESITE="Lax",
                             SESSION_COOKIE_SECURE=settings.cookie_secure,
@@ -42,9 +41,11 @@ def _before_page() -> None:
     """Who is signed in, then the CSRF check of every unsafe request (in that order: the
     check may read the form, which for a signed-in user's upload may be large)."""
     g.web_user = _signed_in_user()
-    if request.endpoint in UPLOAD_ENDPOINTS and g.web_user is not None:
+    if request.endpoint in UPLOAD_ENDPOINTS:
         # Only for someone signed in: no one else gets a multi-GB body parsed.
-        request.max_content_length = current_hub().settings.max_upload_bytes
+        settings = current_hub().settings
+        request.max_content_length = (settings.max_upload_bytes if g.web_user is not None
+                                      else settings.max_json_bytes)
     check_csrf()
 
 
