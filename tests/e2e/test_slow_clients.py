@@ -135,6 +135,28 @@ def test_a_large_json_body_or_an_anonymous_upload_is_refused_before_it_is_sent(h
     assert status == 413 and json.loads(body)["code"] == "file_too_large"
 
 
+def test_the_hf_commit_and_the_publish_page_take_large_bodies_from_a_named_caller(hub):
+    """The server's gate knows every large-body route: an HF commit with a token and a
+    publish-page upload with the sign-in cookie reach the app (which then checks them);
+    the same upload with no cookie is refused from its headers."""
+    port, body = hub["port"], b"x" * (3 * MiB)
+
+    def post(path: str, headers: bytes) -> tuple[int, dict, bytes]:
+        return _raw(port, b"POST %s HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n%s"
+                    % (path, headers, len(body), body))
+
+    status, headers, answer = post(b"/api/models/alice/absent/commit/main",
+                                   b"Authorization: Bearer %s\r\nContent-Type:"
+                                   b" application/x-ndjson\r\n" % hub["token"].encode())
+    # The protocol's own answer to the body (the Hub's error style), not the gate's.
+    assert headers["content-type"] == "application/json" and "error" in json.loads(answer)
+    form = b"Content-Type: multipart/form-data; boundary=b\r\n"
+    status, headers, _ = post(b"/new", form + b"Cookie: lorastack_session=stale\r\n")
+    assert status != 401 and headers["content-type"].startswith("text/html")
+    status, _, answer = post(b"/new", form)
+    assert status == 401 and json.loads(answer)["code"] == "unauthorized"
+
+
 def _big_adapter(directory: Path, size: int) -> Path:
     """A valid LoRA adapter folder (PEFT's naming and config) of about `size` bytes."""
     import torch
