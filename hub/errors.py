@@ -45,6 +45,17 @@ class HubError(Exception):
         body.update(self.extra)
         return body
 
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers this error's status calls for, on every surface: the auth
+        scheme of a 401, and when to come back after a 429 or 503."""
+        headers = {}
+        if self.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="lorastack"'
+        retry_after = self.extra.get("retry_after")
+        if self.status in (429, 503) and retry_after is not None:
+            headers["Retry-After"] = str(int(retry_after))
+        return headers
+
 
 def error_from_problem(body: dict, status: int) -> HubError:
     """The HubError a problem+json body describes (a client's view of a server's error)."""

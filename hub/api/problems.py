@@ -15,11 +15,7 @@ def problem(error: HubError):
     response = jsonify(error.to_problem())
     response.status_code = error.status
     response.mimetype = "application/problem+json"
-    if error.status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="lorastack"'
-    retry_after = error.extra.get("retry_after")
-    if error.status in (429, 503) and retry_after is not None:
-        response.headers["Retry-After"] = str(int(retry_after))
+    response.headers.update(error.headers())
     return response
 
 

@@ -75,9 +75,7 @@ class ServerError(Error):
     def to_response(self, ident=None):
         """problem+json, as /api/v1 answers (the caller may be a client of the API)."""
         error = self.error
-        headers = [("Content-Type", "application/problem+json")]
-        if error.status == 401:
-            headers.append(("WWW-Authenticate", 'Bearer realm="lorastack"'))
+        headers = [("Content-Type", "application/problem+json"), *error.headers().items()]
         body = json.dumps(error.to_problem()).encode()
         return f"{error.status} {error.title}", headers, body
 

@@ -52,9 +52,5 @@ def render(error: HubError):
     # A header holds one line of Latin-1; the body keeps the full text.
     response.headers["X-Error-Message"] = " ".join(message.split()).encode(
         "ascii", "replace").decode()
-    if error.status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="lorastack"'
-    retry_after = error.extra.get("retry_after")
-    if error.status in (429, 503) and retry_after is not None:
-        response.headers["Retry-After"] = str(int(retry_after))
+    response.headers.update(error.headers())
     return response
