@@ -12,8 +12,9 @@ The rule, the same on every backend:
   then id, all descending.
 
 Each adapter row carries its name, tags and description as space-separated words
-(`search_name`, `search_tags`, `search_text`), written here whenever any of the three
-changes (a mapper event in hub.models, so no code path can forget it). The score is plain
+(`search_name`, `search_tags`, `search_text`): cut here (`document`) and written by a
+mapper event in hub.models whenever one of the three changes, so no code path (publish,
+PATCH, tag changes, merges published) can forget it. The score is plain
 SQL over the two short columns, so both backends compute the same integers; the full-text
 index only finds candidates fast: on PostgreSQL a GIN index over the words as a tsvector,
 on SQLite an FTS5 table the database keeps in step by triggers (migration 0005). Neither
