@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import exists, literal, select, tuple_, update
+from sqlalchemy import exists, func, literal, select, tuple_, update
 from sqlalchemy.orm import Session, contains_eager, selectinload, undefer
 
 from hub.errors import InvalidRequest, InvalidVersion, NotFound
@@ -293,7 +293,7 @@ def search_adapters(session: Session, principal: Principal | None,
     after = _decode_cursor(sort, query.cursor) if query.cursor else None
     dialect = session.get_bind().dialect.name
     rows = None
-    if sort == "relevance" and terms:
+    if sort == "relevance" and terms and _many_matches(session, terms, dialect):
         shortcut = _top_score_page(principal, query, terms, after, dialect)
         if shortcut is not None:
             rows = _load_page(session, shortcut, 3, descending)
@@ -319,8 +319,16 @@ def search_adapters(session: Session, principal: Principal | None,
     return [row[0] for row in rows], next_cursor
 
 
-#: How many adapters, by downloads, the top-score shortcut looks through.
+#: How many adapters, by downloads, the top-score shortcut looks through...
 DENSE_WINDOW = 1000
+#: ... when a search has at least this many matches (fewer are ranked faster than that).
+DENSE_MATCHES = 2000
+
+
+def _many_matches(session: Session, terms: Terms, dialect: str) -> bool:
+    """Whether a search has DENSE_MATCHES matches or more, counting no further."""
+    first = search.candidates(terms, dialect).limit(DENSE_MATCHES).subquery()
+    return session.scalar(select(func.count()).select_from(first)) >= DENSE_MATCHES
 
 
 def _top_score_page(principal: Principal | None, query: Query, terms: Terms, after,

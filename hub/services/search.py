@@ -12,8 +12,9 @@ The rule, the same on every backend:
   then id, all descending.
 
 Each adapter row carries its name, tags and description as space-separated words
-(`search_name`, `search_tags`, `search_text`), written here whenever any of the three
-changes (a mapper event in hub.models, so no code path can forget it). The score is plain
+(`search_name`, `search_tags`, `search_text`): cut here (`document`) and written by a
+mapper event in hub.models whenever one of the three changes, so no code path (publish,
+PATCH, tag changes, merges published) can forget it. The score is plain
 SQL over the two short columns, so both backends compute the same integers; the full-text
 index only finds candidates fast: on PostgreSQL a GIN index over the words as a tsvector,
 on SQLite an FTS5 table the database keeps in step by triggers (migration 0005). Neither
@@ -26,8 +27,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from sqlalchemy import (ColumnElement, Integer, and_, case, cast, literal, literal_column, select,
-                        table)
+from sqlalchemy import (ColumnElement, Integer, Select, and_, case, cast, literal,
+                        literal_column, select, table)
 from sqlalchemy.dialects.postgresql import TSQUERY
 
 from hub.errors import InvalidRequest
@@ -109,13 +110,23 @@ def in_names(terms: Terms, search_name=Adapter.search_name) -> ColumnElement[boo
 def matches(terms: Terms, dialect: str) -> ColumnElement[bool]:
     """SQL: rows where every word starts a word of the name, tags or description."""
     if dialect == "postgresql":
-        # Cast, not to_tsquery: the words are already cut, the parser must not cut again.
-        query = " & ".join(f"'{word}':*" for word in terms.words)
-        return literal_column(PG_VECTOR).op("@@")(cast(literal(query), TSQUERY))
+        return _pg_match(terms)
+    return Adapter.id.in_(candidates(terms, dialect).scalar_subquery())
+
+
+def candidates(terms: Terms, dialect: str) -> Select:
+    """SQL: the ids of the matching rows, straight from the full-text index."""
+    if dialect == "postgresql":
+        return select(Adapter.id).where(_pg_match(terms))
     query = " AND ".join(f'"{word}"*' for word in terms.words)
-    found = select(literal_column("rowid")).select_from(table(FTS_TABLE)).where(
+    return select(literal_column("rowid")).select_from(table(FTS_TABLE)).where(
         literal_column(FTS_TABLE).op("MATCH")(query))
-    return Adapter.id.in_(found.scalar_subquery())
+
+
+def _pg_match(terms: Terms) -> ColumnElement[bool]:
+    # Cast, not to_tsquery: the words are already cut, the parser must not cut again.
+    query = " & ".join(f"'{word}':*" for word in terms.words)
+    return literal_column(PG_VECTOR).op("@@")(cast(literal(query), TSQUERY))
 
 
 #: The tsvector PostgreSQL's index is built on: the words taken verbatim (no parser),

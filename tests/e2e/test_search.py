@@ -150,6 +150,7 @@ def test_the_top_score_shortcut_gives_the_full_ranking_whatever_its_window(
     ranked = {query: names(client, query + "&limit=100")
               for query in ("?search=mistral", "?search=m", "?search=mistral%20chat")}
     monkeypatch.setattr(service, "DENSE_WINDOW", window)
+    monkeypatch.setattr(service, "DENSE_MATCHES", 1)
     for query, full in ranked.items():
         assert every_page(client, query) == full, (window, query)
         for limit in (2, 3):

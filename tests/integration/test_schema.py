@@ -116,3 +116,24 @@ def select_adapter(name: str):
     from hub.models import Adapter
 
     return select(Adapter).where(Adapter.name == name)
+
+
+def test_sqlite_has_the_planners_statistics_after_each_upgrade(settings):
+    from sqlalchemy import text
+
+    from hub.db import upgrade
+
+    db = Database(settings.database_url)
+    try:
+        if db.engine.dialect.name != "sqlite":
+            return  # PostgreSQL's autovacuum analyzes on its own
+        with db.engine.begin() as connection:
+            connection.execute(text("INSERT INTO users (name, name_key, is_admin, created_at)"
+                                    " VALUES ('alice', 'alice', false, '2026-01-01')"))
+        upgrade(settings.database_url)  # nothing to migrate: as every `lorastack serve` does
+        with db.engine.connect() as connection:
+            tables = connection.execute(text(
+                "SELECT DISTINCT tbl FROM sqlite_stat1")).scalars().all()
+        assert "users" in tables, tables
+    finally:
+        db.dispose()

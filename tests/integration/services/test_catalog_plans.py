@@ -50,7 +50,7 @@ def db(settings):
 
 def page_plan(db: Database, query: Query, containing: str = "") -> str:
     """The plan of the statement that finds the page's ids: the first one sent, or the
-    first whose text holds `containing`."""
+    last whose text holds `containing`."""
     sent = []
 
     def grab(_conn, _cursor, statement, parameters, _context, _many):
@@ -62,8 +62,8 @@ def page_plan(db: Database, query: Query, containing: str = "") -> str:
             search_adapters(session, None, query)
     finally:
         event.remove(db.engine, "before_cursor_execute", grab)
-    statement, parameters = next((statement, parameters) for statement, parameters in sent
-                                 if containing in statement)
+    statement, parameters = [(statement, parameters) for statement, parameters in sent
+                             if containing in statement][-1 if containing else 0]
     raw = db.engine.raw_connection()
     try:
         cursor = raw.cursor()
