@@ -18,7 +18,7 @@ from hub.web.markdown import card_html
 #: The catalog's query parameters: the API's, so a page's URL and the API's agree.
 FILTERS = ("search", "base_model", "license", "tag", "task")
 PAGE_ARGS = (*FILTERS, "sort", "limit", "cursor")
-SORT_LABELS = {"downloads": "Most downloaded", "created": "Newest",
+SORT_LABELS = {"relevance": "Best match", "downloads": "Most downloaded", "created": "Newest",
                "updated": "Recently updated", "name": "Name"}
 PAGE_SIZE = 20
 

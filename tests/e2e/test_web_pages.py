@@ -104,6 +104,22 @@ def test_catalog_filters_by_search_licence_tag_task_and_base_model(client, two_a
     assert sorted(name for _, name in card_names(page)) == expected
 
 
+def test_a_search_lists_by_relevance_as_the_api_does(client, make_user, lora_dir):
+    token = make_user("erin")
+    # "orca" in one adapter's name, in another's description only; that one is downloaded.
+    assert publish(client, token, "erin/orca-chat", "1", lora_dir).status_code == 201
+    assert publish(client, token, "erin/helper", "1", lora_dir,
+                   metadata={"description": "Tuned on orca data"}).status_code == 201
+    client.get("/api/v1/adapters/erin/helper/versions/1/files/adapter_model.safetensors",
+               headers=auth(token))
+    page = html(client.get("/?search=orca"))
+    assert card_names(page) == [("erin/", "orca-chat"), ("erin/", "helper")]
+    assert '<option value="relevance" selected>Best match</option>' in page
+    api = client.get("/api/v1/adapters?search=orca").get_json()["items"]
+    assert [item["id"] for item in api] == ["erin/orca-chat", "erin/helper"]
+    assert card_names(html(client.get("/?search=orca&sort=downloads")))[0] == ("erin/", "helper")
+
+
 def test_filter_controls_offer_the_catalogs_values_and_keep_the_choice(client, two_adapters):
     page = html(client.get("/?tag=code&sort=name"))
     assert '<option value="tiny-llama-64">' in page
