@@ -25,13 +25,15 @@ def permissions(license_id: str | None) -> list[Permission]:
     except UnknownLicense:
         return [Permission("Unknown licence", f"{license_id} is not in the hub's licence table.",
                            "no")]
-    found = []
     if lic.id == OTHER:
-        found.append(Permission("Custom licence", "The terms are in the licence's own text:"
-                                " read it before use.", "note"))
-    found.append(Permission("Commercial use", "Commercial use is allowed.", "yes")
+        # The table's flags for `other` are the strictest reading, used to refuse merges it
+        # might not allow; they are not what its terms say, so the page claims nothing.
+        return [Permission("Custom licence", "The terms are in the licence's own text:"
+                           " read it before use (commercial use, derivatives, attribution).",
+                           "note")]
+    found = [Permission("Commercial use", "Commercial use is allowed.", "yes")
                  if lic.commercial_use else
-                 Permission("Non-commercial", "Commercial use is not allowed.", "no"))
+                 Permission("Non-commercial", "Commercial use is not allowed.", "no")]
     found.append({
         "allowed": Permission("Derivatives", "Modified or merged versions may be published.",
                               "yes"),

@@ -17,8 +17,8 @@ def labels(license_id):
     ("cc-by-sa-4.0", ["Commercial use", "Share-alike", "Attribution"]),
     ("cc-by-nd-4.0", ["Commercial use", "No derivatives", "Attribution"]),
     ("llama3.1", ["Commercial use", "Derivatives", "Attribution", "Use restrictions"]),
-    ("other", ["Custom licence", "Non-commercial", "Derivatives", "Attribution",
-               "Use restrictions"]),
+    # The table's flags for `other` are its strictest reading, not its terms: no claims.
+    ("other", ["Custom licence"]),
     ("Apache-2.0", ["Commercial use", "Derivatives", "Attribution"]),  # SPDX id, any case
 ])
 def test_badges_for_known_licences(license_id, expected):
@@ -27,6 +27,8 @@ def test_badges_for_known_licences(license_id, expected):
 
 def test_every_licence_in_the_table_has_a_commercial_and_a_derivatives_badge():
     for lic in list_licenses():
+        if lic.id == "other":
+            continue
         found = labels(lic.id)
         assert ("Commercial use" in found) == lic.commercial_use, lic.id
         assert ("Non-commercial" in found) == (not lic.commercial_use), lic.id
