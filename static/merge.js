@@ -99,6 +99,7 @@
         input.removeAttribute("aria-invalid");
       });
       row.querySelectorAll("datalist, .suggestions").forEach((el) => { el.innerHTML = ""; });
+      row.querySelector(".suggestions").hidden = true;
       row.querySelectorAll(".field-error").forEach((el) => { el.textContent = ""; el.hidden = true; });
       const remove = row.querySelector(".remove-source");
       if (remove) remove.remove();
