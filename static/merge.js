@@ -155,7 +155,6 @@
       box.innerHTML = "";
       for (const item of data.items) {
         const li = document.createElement("li");
-        li.setAttribute("role", "option");
         const button = document.createElement("button");
         button.type = "button";
         button.className = "suggestion";

@@ -223,28 +223,23 @@ def test_submit_then_status_download_and_publish_through_the_pages(client, accou
     assert response.status_code == 400
 
 
-def test_cancel_a_queued_merge_from_its_page(settings, accounts, app):
-    # No worker takes it while the test holds the queue: submit_merge is not called.
-    hub = app.extensions["lorastack"]
-    hub.submit_merge, submitted = (lambda merge_id: None), hub.submit_merge
-    try:
-        client = app.test_client()
-        csrf = sign_in(client, "alice")
-        merge_id = submit(client, csrf, ("alice/a", "1.0", "1"), ("alice/b", "2.0", "1"))
-        status = client.get(f"/merges/{merge_id}/status", headers=SCRIPT).get_json()
-        assert status["status"] == "queued" and status["queue_position"] == 1
-        assert 'id="cancel-merge"' in client.get(f"/merges/{merge_id}",
-                                                  headers=BROWSER).get_data(as_text=True)
-        response = client.post(f"/merges/{merge_id}/cancel", headers=BROWSER,
-                               data={"csrf_token": csrf})
-        assert response.status_code == 303
-        status = client.get(f"/merges/{merge_id}/status", headers=SCRIPT).get_json()
-        assert status["status"] == "cancelled"
-        assert status["error"]["code"] == "merge_cancelled"
-        html = client.get(f"/merges/{merge_id}", headers=BROWSER).get_data(as_text=True)
-        assert "Cancelled by its requester" in html and 'id="cancel-merge"' not in html
-    finally:
-        hub.submit_merge = submitted
+def test_cancel_a_queued_merge_from_its_page(accounts, app):
+    app.extensions["lorastack"].queue.close()  # no worker: the merge stays queued
+    client = app.test_client()
+    csrf = sign_in(client, "alice")
+    merge_id = submit(client, csrf, ("alice/a", "1.0", "1"), ("alice/b", "2.0", "1"))
+    status = client.get(f"/merges/{merge_id}/status", headers=SCRIPT).get_json()
+    assert status["status"] == "queued" and status["queue_position"] == 1
+    page = client.get(f"/merges/{merge_id}", headers=BROWSER).get_data(as_text=True)
+    assert 'id="cancel-merge"' in page and "number 1 in line" in page
+    response = client.post(f"/merges/{merge_id}/cancel", headers=BROWSER,
+                           data={"csrf_token": csrf})
+    assert response.status_code == 303
+    status = client.get(f"/merges/{merge_id}/status", headers=SCRIPT).get_json()
+    assert status["status"] == "cancelled"
+    assert status["error"]["code"] == "merge_cancelled"
+    html = client.get(f"/merges/{merge_id}", headers=BROWSER).get_data(as_text=True)
+    assert "Cancelled by its requester" in html and 'id="cancel-merge"' not in html
 
 
 def test_another_users_merge_is_a_404_everywhere(app, accounts):
@@ -275,3 +270,29 @@ def test_posts_without_the_csrf_token_are_refused(client, accounts):
     assert "No merges yet" in client.get("/merges", headers=BROWSER).get_data(as_text=True)
     merge_id = submit(client, csrf, ("alice/a", "1.0", "1"))
     assert client.post(f"/merges/{merge_id}/cancel", headers=BROWSER).status_code == 403
+
+
+def test_nonsense_in_any_field_is_a_4xx_beside_it_never_a_500(client, accounts):
+    csrf = sign_in(client, "alice")
+    cases = [
+        ({"adapter": ["a/b/c", ""], "version": ["", ""], "weight": ["1", "1"]}, "source-0"),
+        ({"adapter": ["alice/a", ""], "version": ["9.9", ""], "weight": ["1", "1"]},
+         "source-0"),
+        ({"adapter": ["alice/a", ""], "version": ["1.0", ""], "weight": ["nan", "1"]},
+         "source-0-weight"),
+        ({"adapter": ["alice/a", ""], "version": ["1.0", ""], "weight": ["1", "1"],
+          "rank": "1e999"}, "rank"),
+        ({"adapter": ["alice/a", ""], "version": ["1.0", ""], "weight": ["1", "1"],
+          "method": "dare_ties", "density": "nan"}, "density"),
+        ({"adapter": ["alice/a", ""], "version": ["1.0", ""], "weight": ["1", "1"],
+          "method": "blend"}, "method"),
+    ]
+    for fields, where in cases:
+        for action in ("plan", "merge"):
+            response = client.post("/merge", headers=BROWSER,
+                                   data={"csrf_token": csrf, "action": action, **fields})
+            assert 400 <= response.status_code < 500, (fields, action, response.status_code)
+            assert field_error(response.get_data(as_text=True), where), (fields, action)
+    for path in ("/merge/suggest?q=" + "x" * 300, "/merge/versions?adapter=nope",
+                 "/merges/" + "z" * 40 + "/status", "/merge?add=@@@&add=a/b/c@1"):
+        assert client.get(path, headers=SCRIPT).status_code < 500, path
