@@ -255,6 +255,12 @@ def _field_of(error: HubError, form: BuilderForm) -> str:
         named = [i for i in typed if f"{form.sources[i].adapter}@" in detail]
         if len(named) == 1:
             return f"source-{named[0]}"
+        # "different base models" names the models: the first source unlike the first.
+        with current_hub().db.session() as session:
+            bases = _base_models(session, form)
+        odd = [p for p, base in bases.items() if base != bases.get(0)]
+        if odd:
+            return f"source-{typed[odd[0]]}"
     return FORM
 
 

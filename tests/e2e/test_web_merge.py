@@ -296,3 +296,31 @@ def test_nonsense_in_any_field_is_a_4xx_beside_it_never_a_500(client, accounts):
     for path in ("/merge/suggest?q=" + "x" * 300, "/merge/versions?adapter=nope",
                  "/merges/" + "z" * 40 + "/status", "/merge?add=@@@&add=a/b/c@1"):
         assert client.get(path, headers=SCRIPT).status_code < 500, path
+
+
+def test_an_incompatible_source_gets_the_services_message_beside_it(client, accounts,
+                                                                   tmp_path):
+    import json
+
+    from tests.support.adapters import save_lora
+
+    wide = save_lora(tmp_path / "other-base", seed=3)
+    config = json.loads((wide / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "another-model"
+    (wide / "adapter_config.json").write_text(json.dumps(config))
+    assert publish(client, accounts, "alice/other-base", "1", wide).status_code == 201
+    csrf = sign_in(client, "alice")
+    response = client.post("/merge/plan", headers={**SCRIPT, "X-CSRF-Token": csrf},
+                           data=builder_form(csrf, ("alice/a", "1.0", 1),
+                                             ("alice/other-base", "1", 1)))
+    body = response.get_json()
+    assert response.status_code == 422 and body["code"] == "incompatible_adapters"
+    [(where, message)] = body["errors"].items()
+    assert "another-model" in message and where == "source-1"
+    # The suggestions for a second source leave out the other base model's adapters.
+    base = client.get("/merge/versions?adapter=alice/a", headers=SCRIPT).get_json()["base_model"]
+    offered = client.get("/merge/suggest", query_string={"q": "other base", "base_model": base},
+                         headers=SCRIPT).get_json()["items"]
+    assert "alice/other-base" not in [item["adapter"] for item in offered]
+    assert "alice/other-base" in [item["adapter"] for item in client.get(
+        "/merge/suggest", query_string={"q": "other base"}, headers=SCRIPT).get_json()["items"]]
