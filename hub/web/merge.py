@@ -132,7 +132,7 @@ def merge_builder():
     form.sources = [row for row in form.sources if row.adapter]
     if action != "merge":
         plan, errors = _plan(form)
-        return _builder(form, plan, errors), (400 if errors and not plan else 200)
+        return _builder(form, plan, errors), (_status_of(errors) if errors else 200)
     body, errors = form.body()
     if not errors:
         try:
