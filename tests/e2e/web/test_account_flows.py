@@ -139,7 +139,7 @@ def test_sign_in_then_create_and_revoke_a_token(page, hub):
     shot(page, "signin")
     page.fill("#name", "alice")
     page.fill("#password", "not the password")
-    page.click("button[type=submit]")
+    page.click("button.primary[type=submit]")  # the form's, not the header's search
     assert page.locator(".form-error").inner_text() == "Wrong name or password."
     sign_in(page)
     assert page.locator(".user-name").inner_text() == "alice"
