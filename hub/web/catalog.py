@@ -194,7 +194,7 @@ def _change(owner: str, name: str, label: str | None, done: str, change):
 def _download_url(owner: str, name: str, label: str, path: str, visibility: str) -> str:
     if visibility == "private":
         # The API takes bearer tokens only; the page's own route takes the sign-in cookie.
-        return url_for("web.download", owner=owner, name=name, version=label, path=path)
+        return url_for("web.adapter_file", owner=owner, name=name, version=label, path=path)
     # A public file from the API's URL: cacheable, and no response of it sets a cookie.
     parts = "/".join(quote(part, safe="") for part in (owner, name))
     return (f"/api/v1/adapters/{parts}/versions/{quote(label, safe='')}/files/"
@@ -202,7 +202,7 @@ def _download_url(owner: str, name: str, label: str, path: str, visibility: str)
 
 
 @bp.get("/<owner>/<name>/v/<version>/files/<path:path>")
-def download(owner: str, name: str, version: str, path: str):
+def adapter_file(owner: str, name: str, version: str, path: str):
     """A file for the signed-in viewer (a private adapter's owner, say): the API's response,
     counted the same way; a GET changes nothing but the download count."""
     _check_names(owner, name)
