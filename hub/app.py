@@ -31,7 +31,7 @@ Renderer = Callable[[HubError], Response]
 def build_app(settings: Settings | None = None) -> Flask:
     """Create the app: settings from the environment unless given; nothing global."""
     from hub.api import api_v1
-    from hub.api.limits import install_limits
+    from hub.limits import install_limits
     from hub.api.problems import problem
     from hub.api.metrics import install_metrics
     from hub.api.uploads import HubRequest

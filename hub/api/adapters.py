@@ -1,11 +1,12 @@
 """Adapter endpoints: thin, parse -> service -> JSON."""
 from __future__ import annotations
 
-from flask import current_app, jsonify, redirect, request, send_file
+from flask import current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from hub.api import api_v1
 from hub.api.auth import current_principal
+from hub.adapter_files import send_adapter_file
 from hub.api.uploads import MalformedForm
 from hub.runtime import current_hub
 from hub.errors import InvalidRequest, InvalidVersion, UnexpectedFile
@@ -14,8 +15,6 @@ from hub.services import catalog
 from hub.services.access import require_owner
 from hub.services.names import parse_metadata
 from hub.services.publish import LicenseChoice, Upload, publish_version
-from hub.services.downloads import (counts_as_download, file_cache_control,
-                                    redirect_cache_control)
 from hub.services.shapes import adapter_detail, adapter_summary, version_view
 
 FORM_FIELDS = {"version", "license", "license_name", "license_link", "metadata"}
@@ -135,32 +134,7 @@ def unyank(owner: str, name: str, version: str):
 @api_v1.get("/adapters/<owner>/<name>/versions/<version>/files/<path:path>")
 def download(owner: str, name: str, version: str, path: str):
     """The bytes of a file: streamed with Range from the local store, a 302 on S3."""
-    hub = current_hub()
-    with hub.db.session() as session:
-        adapter, row, file = catalog.get_file(session, current_principal(), owner, name,
-                                              version, path)
-    pinned = version != "latest"
-    url = hub.store.presigned_url(
-        file.blob_key, filename=file.path, expires_in=hub.settings.presign_ttl,
-        cache_control=file_cache_control(adapter.visibility, pinned))
-    if url is not None:
-        response = redirect(url, code=302)
-        response.headers["ETag"] = f'"{file.sha256}"'
-        response.headers["Cache-Control"] = redirect_cache_control(
-            adapter.visibility, pinned, hub.settings.presign_ttl)
-    else:
-        local = hub.store.local_path(file.blob_key)
-        response = send_file(local, mimetype=_mimetype(file.path), download_name=file.path,
-                             conditional=True, etag=file.sha256, max_age=None)
-        response.headers["Cache-Control"] = file_cache_control(adapter.visibility, pinned)
-        response.headers.pop("Expires", None)
-    # Count bytes that went out: not a HEAD, a 304 revalidation or a 416.
-    if counts_as_download(path, request.method, request.headers.get("Range"),
-                          response.status_code):
-        with hub.db.session() as session:
-            catalog.record_download(session, adapter.id)
-        current_app.extensions["lorastack_metrics"].downloads.inc()
-    return response
+    return send_adapter_file(current_principal(), owner, name, version, path)
 
 
 def _require_adapter_owner(owner: str, name: str) -> None:
@@ -170,16 +144,6 @@ def _require_adapter_owner(owner: str, name: str) -> None:
     with current_hub().db.session() as session:
         catalog.get_adapter(session, principal, owner, name)
     require_owner(principal, owner)
-
-
-def _mimetype(path: str) -> str:
-    if path.endswith(".json"):
-        return "application/json"
-    if path.endswith(".md"):
-        # Shown as text, never rendered: HTML in a README must not run at the API's origin.
-        # werkzeug appends "; charset=utf-8" to a text/* type itself (a second one if given).
-        return "text/plain"
-    return "application/octet-stream"
 
 
 def json_body(optional: bool = False) -> dict:

@@ -50,6 +50,13 @@ def require_writer(principal: Principal | None) -> Principal:
     return principal
 
 
+def may_change(principal: Principal | None, adapter_owner: str) -> bool:
+    """Whether the caller may change `adapter_owner`'s adapters: the rule of require_owner,
+    asked without raising (a page shows its owner's controls only to them)."""
+    return (principal is not None and principal.can_write()
+            and principal.owns(adapter_owner))
+
+
 def require_owner(principal: Principal | None, adapter_owner: str,
                   session: Session | None = None) -> Principal:
     """The caller, if it may change `adapter_owner`'s adapters with a write token.

@@ -113,6 +113,16 @@ def authenticate(session: Session, token: str) -> Principal:
     return Principal(user_id=user.id, name=user.name, is_admin=user.is_admin, scopes=scopes)
 
 
+def authenticate_header(session: Session, header: str, *, how: str = "") -> Principal:
+    """The principal an `Authorization: Bearer <token>` header stands for; Unauthorized for
+    another form of header (`how` adds a surface's own way to send it) or an unknown token."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Send the token as `Authorization: Bearer <token>`"
+                           + (f" ({how})." if how else "."))
+    return authenticate(session, token.strip())
+
+
 def list_tokens(session: Session, user_id: int) -> list[Token]:
     """The user's tokens that are not revoked, oldest first."""
     return list(session.scalars(select(Token).where(Token.user_id == user_id,

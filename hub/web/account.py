@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from flask import flash, g, redirect, render_template, request, session, url_for
 
-from hub.api.limits import current_limits
+from hub.limits import current_limits
 from hub.bodies import SESSION_COOKIE, UPLOAD_ENDPOINTS
 from hub.errors import HubError, InvalidRequest, NotFound, RateLimited
 from hub.runtime import EXTENSION_KEY, current_hub

@@ -1,18 +1,24 @@
-"""The read side of the site: the catalog, an adapter and its versions, an owner's adapters."""
+"""The catalog, an adapter and its versions, an owner's adapters; and on an adapter's page,
+its owner's changes (yank, unyank, description, tags, visibility) through the same services
+as the API's PATCH and yank routes."""
 from __future__ import annotations
 
 import logging
+import re
 from urllib.parse import quote, urlencode
 
-from flask import redirect, render_template, request, url_for
+from flask import flash, redirect, render_template, request, url_for
 
-from hub.errors import InvalidName, NotFound, StorageUnavailable
+from hub.adapter_files import send_adapter_file
+from hub.errors import HubError, InvalidName, NotFound, StorageUnavailable
 from hub.licenses import list_licenses
 from hub.runtime import current_hub
 from hub.services import browse, catalog
-from hub.services.names import check_adapter_name, check_user_name
+from hub.services.access import may_change
+from hub.services.names import VISIBILITIES, check_adapter_name, check_user_name
 from hub.services.shapes import adapter_summary, latest_version, version_view
 from hub.web import bp, viewer
+from hub.web.account import sign_in_redirect
 from hub.web.markdown import card_html
 
 #: The catalog's query parameters: the API's, so a page's URL and the API's agree.
@@ -21,6 +27,8 @@ PAGE_ARGS = (*FILTERS, "sort", "limit", "cursor")
 SORT_LABELS = {"relevance": "Best match", "downloads": "Most downloaded", "created": "Newest",
                "updated": "Recently updated", "name": "Name"}
 PAGE_SIZE = 20
+#: The tags field of the edit form, typed as "a, b c".
+TAG_SPLIT = re.compile(r"[,\s]+")
 
 log = logging.getLogger("hub.web")
 
@@ -91,7 +99,7 @@ def version_page(owner: str, name: str, version: str):
     return _adapter_view(owner, name, version)
 
 
-def _adapter_view(owner: str, name: str, label: str | None):
+def _adapter_view(owner: str, name: str, label: str | None, action_error: str | None = None):
     _check_names(owner, name)
     hub = current_hub()
     principal = viewer()
@@ -122,17 +130,83 @@ def _adapter_view(owner: str, name: str, label: str | None):
     return render_template(
         "adapter.html", adapter=summary, version=version, versions=versions, card=card,
         card_missing=card_missing,
-        is_latest=label is None, ref=ref,
-        files=[{**file, "url": _download_url(owner, name, version["version"], file["path"])}
+        is_latest=label is None, ref=ref, action_error=action_error,
+        can_change=may_change(principal, owner), visibilities=VISIBILITIES,
+        files=[{**file, "url": _download_url(owner, name, version["version"], file["path"],
+                                             summary["visibility"])}
                for file in version["files"]],
         merge_url="/merge?" + urlencode({"add": ref}))
 
 
-def _download_url(owner: str, name: str, label: str, path: str) -> str:
-    # The API's URL: downloads are served and counted in one place.
+@bp.post("/<owner>/<name>/v/<version>/yank")
+def yank_version(owner: str, name: str, version: str):
+    """Yank a version, with the reason typed (its owner or an admin)."""
+    reason = request.form.get("reason", "").strip() or None
+    return _change(owner, name, version, f"Yanked {version}: latest skips it.",
+                   lambda session, principal: catalog.yank_version(
+                       session, principal, owner, name, version, reason))
+
+
+@bp.post("/<owner>/<name>/v/<version>/unyank")
+def unyank_version(owner: str, name: str, version: str):
+    """Undo a yank (its owner or an admin)."""
+    return _change(owner, name, version, f"{version} is no longer yanked.",
+                   lambda session, principal: catalog.unyank_version(
+                       session, principal, owner, name, version))
+
+
+@bp.post("/<owner>/<name>/edit")
+def edit_adapter(owner: str, name: str):
+    """Change the description, tags and visibility (its owner or an admin)."""
+    changes = {"description": request.form.get("description", "").replace("\r\n", "\n"),
+               "tags": [tag for tag in TAG_SPLIT.split(request.form.get("tags", "")) if tag],
+               "visibility": request.form.get("visibility") or None}
+    shown = request.form.get("version") or None
+    return _change(owner, name, shown, "Saved.",
+                   lambda session, principal: catalog.update_adapter(
+                       session, principal, owner, name, changes))
+
+
+def _change(owner: str, name: str, label: str | None, done: str, change):
+    """Run an owner's change as the signed-in viewer, then back to the page it came from.
+
+    Who may change what is the service's rule: an adapter the viewer cannot see is 404, one
+    they cannot change 403 (error pages, as the API answers); a value the service refuses
+    comes back on the page, beside the form.
+    """
+    _check_names(owner, name)
+    back = (url_for("web.version_page", owner=owner, name=name, version=label) if label
+            else url_for("web.adapter_page", owner=owner, name=name))
+    principal = viewer()
+    if principal is None:
+        return sign_in_redirect(back)
+    try:
+        with current_hub().db.session() as session:
+            change(session, principal)
+    except HubError as error:
+        if error.status in (401, 403, 404) or error.status >= 500:
+            raise
+        return _adapter_view(owner, name, label, action_error=error.detail), error.status
+    flash(done)
+    return redirect(back, code=303)
+
+
+def _download_url(owner: str, name: str, label: str, path: str, visibility: str) -> str:
+    if visibility == "private":
+        # The API takes bearer tokens only; the page's own route takes the sign-in cookie.
+        return url_for("web.adapter_file", owner=owner, name=name, version=label, path=path)
+    # A public file from the API's URL: cacheable, and no response of it sets a cookie.
     parts = "/".join(quote(part, safe="") for part in (owner, name))
     return (f"/api/v1/adapters/{parts}/versions/{quote(label, safe='')}/files/"
             f"{quote(path, safe='/')}")
+
+
+@bp.get("/<owner>/<name>/v/<version>/files/<path:path>")
+def adapter_file(owner: str, name: str, version: str, path: str):
+    """A file for the signed-in viewer (a private adapter's owner, say): the API's response,
+    counted the same way; a GET changes nothing but the download count."""
+    _check_names(owner, name)
+    return send_adapter_file(viewer(), owner, name, version, path)
 
 
 def _check_names(owner: str, name: str | None = None) -> None:

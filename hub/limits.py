@@ -1,5 +1,10 @@
 """Rate limits: failed authentications per address, failed sign-ins per name, writes per
-token (429 rate_limited)."""
+token (429 rate_limited).
+
+Every surface counts against the same counters (a token guessed through the Hugging Face
+protocol or a password through the sign-in page spends the address's allowance as one sent
+to the API does), so they live here, beside the surfaces, not in any one of them.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +20,7 @@ from limits.strategies import FixedWindowRateLimiter
 from hub.config import Settings
 from hub.errors import RateLimited
 
-log = logging.getLogger("hub.api.limits")
+log = logging.getLogger("hub.limits")
 EXTENSION_KEY = "lorastack.limits"
 WRITE_METHODS = frozenset({"POST", "PATCH", "DELETE"})
 
@@ -81,12 +86,13 @@ class Limits:
 
 
 def install_limits(app: Flask, settings: Settings) -> None:
-    """Give `app` its own counters and check them before every request that carries a token."""
+    """Give `app` its own counters and check them before every request that carries a token,
+    whichever surface it is for."""
     limits = app.extensions[EXTENSION_KEY] = Limits(settings)
 
     @app.before_request
     def _check_limits() -> None:
-        from hub.api.auth import current_principal
+        from hub.caller import current_principal  # it counts failures here
 
         header = request.headers.get("Authorization")
         if not header:
