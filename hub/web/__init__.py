@@ -16,7 +16,8 @@ bp = Blueprint("web", __name__, template_folder="templates")
 
 def register(app: Flask) -> None:
     """Add the pages to `app` (imported here so the views attach to `bp` first)."""
-    from hub.web import account, catalog, merge, merges, publish  # noqa: F401 - their routes register on bp
+    # Imported for their routes, which register on bp.
+    from hub.web import account, catalog, merge, merges, publish  # noqa: F401
     from hub.web.licenses import permissions
 
     app.register_blueprint(bp)
