@@ -206,7 +206,12 @@ def adapter_file(owner: str, name: str, version: str, path: str):
     """A file for the signed-in viewer (a private adapter's owner, say): the API's response,
     counted the same way; a GET changes nothing but the download count."""
     _check_names(owner, name)
-    return send_adapter_file(viewer(), owner, name, version, path)
+    response = send_adapter_file(viewer(), owner, name, version, path)
+    # The answer to a signed-in browser may refresh its sign-in cookie: never kept by a
+    # shared cache, whatever the adapter's visibility (the API's own URL is the cacheable one).
+    response.headers["Cache-Control"] = response.headers.get(
+        "Cache-Control", "no-cache").replace("public", "private")
+    return response
 
 
 def _check_names(owner: str, name: str | None = None) -> None:

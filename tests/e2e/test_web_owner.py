@@ -203,6 +203,11 @@ def test_public_files_keep_the_api_links_and_the_page_route_serves_them_too(clie
                                                                           adapters, lora_dir):
     links = file_links(page(client, "/alice/chatty"))
     assert links[MODEL] == f"/api/v1/adapters/alice/chatty/versions/1.1/files/{MODEL}"
-    status, body, _ = fetched(client, f"/alice/chatty/v/1.1/files/{MODEL}")
+    sign_in("bob")
+    status, body, headers = fetched(client, f"/alice/chatty/v/1.1/files/{MODEL}")
     assert status == 200 and body == (lora_dir / MODEL).read_bytes()
     assert downloads_of(client, adapters["alice"], "alice/chatty") == 1
+    # The page route answers a browser that may carry a refreshed sign-in cookie: no
+    # shared cache keeps it, unlike the API's URL of the same file.
+    assert headers["Cache-Control"].startswith("private")
+    assert "public" not in headers["Cache-Control"]
