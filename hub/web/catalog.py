@@ -108,8 +108,9 @@ def _adapter_view(owner: str, name: str, label: str | None, action_error: str | 
             adapter = catalog.get_adapter(session, principal, owner, name)
             # Every version yanked: the newest is still worth showing, marked as yanked.
             shown = latest_version(adapter) or (adapter.versions[0] if adapter.versions else None)
-            if shown is None:
-                raise NotFound(f"{owner}/{name} has no versions.")
+            if shown is None:  # created (by the HF protocol's create_repo), never published
+                return render_template("adapter_empty.html", adapter=adapter_summary(adapter),
+                                       can_change=may_change(principal, owner))
         else:
             adapter, shown = catalog.get_version(session, principal, owner, name, label)
         summary = adapter_summary(adapter)

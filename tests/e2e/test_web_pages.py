@@ -343,3 +343,17 @@ def test_the_cli_refuses_a_page_path_as_a_user_name(settings, name):
     result = CliRunner().invoke(main, ["users", "create", name], env=env)
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "reserved" in result.output and "(invalid_name)" in result.output
+
+
+def test_an_adapter_with_no_version_yet_has_a_page_saying_so(client, make_user, sign_in):
+    # The Hugging Face protocol's create_repo makes an adapter before its first commit.
+    token = make_user("fay")
+    created = client.post("/api/repos/create", headers=auth(token),
+                          json={"name": "blank", "organization": "fay", "type": "model"})
+    assert created.status_code == 200
+    assert client.get("/api/v1/adapters/fay/blank").get_json()["versions"] == []
+    shown = client.get("/fay/blank")
+    assert shown.status_code == 200 and "Nothing published yet" in html(shown)
+    assert "the publish page" not in html(shown)  # how to publish: for its owner only
+    sign_in("fay")
+    assert "the publish page" in html(client.get("/fay/blank"))
