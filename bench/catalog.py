@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `hub` importa
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import Children, child_env, free_port, venv_script, wait_http  # noqa: E402
+from hub.cli.serving import default_workers  # noqa: E402
 
 POSTGRES_ADMIN = os.environ.get("LORASTACK_TEST_POSTGRES_URL",
                                 "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -242,18 +243,20 @@ def measure(port: int, target, clients: int, seconds: float) -> dict:
             "rps": len(latencies) / wall}
 
 
-def serve(url: str, data_dir: Path, children: Children) -> tuple[int, object]:
+def serve(url: str, data_dir: Path, children: Children, workers: int) -> tuple[int, object]:
     """Start `lorastack serve` on `url`; return its port and process."""
     port = free_port()
     env = child_env(LORASTACK_DATABASE_URL=url, LORASTACK_DATA_DIR=str(data_dir),
                     LORASTACK_SECRET_KEY="bench", PYTHONPATH=str(ROOT))
     log = data_dir / "serve.log"
-    proc = children.start([venv_script("lorastack"), "serve", "--port", str(port)], env, log)
+    proc = children.start([venv_script("lorastack"), "serve", "--port", str(port),
+                           "--workers", str(workers)], env, log)
     wait_http(f"http://127.0.0.1:{port}/api/v1/health", proc, log, timeout=120)
     return port, proc
 
 
-def run_backend(backend: str, adapters: int, seconds: float, workdir: Path) -> list[str]:
+def run_backend(backend: str, adapters: int, seconds: float, workdir: Path,
+                workers: int) -> list[str]:
     """Fill, serve and measure one backend; the table's lines."""
     from sqlalchemy import create_engine, text
 
@@ -273,8 +276,9 @@ def run_backend(backend: str, adapters: int, seconds: float, workdir: Path) -> l
         began = time.perf_counter()
         fill(url, adapters)
         print(f"{backend}: filled {adapters} adapters in {time.perf_counter() - began:.0f} s")
-        port, _ = serve(url, data_dir, children)
-        lines = [f"### {backend}, {adapters} adapters (`lorastack serve`, 1 worker)", "",
+        port, _ = serve(url, data_dir, children, workers)
+        lines = [f"### {backend}, {adapters} adapters (`lorastack serve --workers {workers}`)",
+                 "",
                  "| query | 1 client p50 / p95 / p99 ms | 1 client req/s |"
                  " 16 clients p50 / p95 / p99 ms | 16 clients req/s | 16c req/s vs health |",
                  "|---|---|---|---|---|---|"]
@@ -305,10 +309,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0,
                         help="How long each query type runs, per client count.")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="web processes of lorastack serve (default: its own, one a core)")
     args = parser.parse_args()
     backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
     with tempfile.TemporaryDirectory(prefix="lorastack-catalog-", dir=args.workdir) as tmp:
-        tables = [run_backend(backend, args.adapters, args.seconds, Path(tmp))
+        tables = [run_backend(backend, args.adapters, args.seconds, Path(tmp), args.workers)
                   for backend in backends]
     load = os.getloadavg()[0]
     print()
