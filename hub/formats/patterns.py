@@ -51,6 +51,21 @@ def peft_key_matches(key: str, name: str) -> bool:
     return _checked(rf"(.*\.)?({key})$", "a pattern key").match(name) is not None
 
 
+def first_key_matching(keys: tuple[str, ...], name: str) -> str | None:
+    """The first of `keys` that selects the module `name` as peft_key_matches, else None."""
+    for key, regex in zip(keys, _key_set(keys)):
+        if regex.match(name) is not None:
+            return key
+    return None
+
+
+# One config's keys are matched against every module: compiled once as a set, so that a
+# config with more keys than _compile's cache holds does not recompile them per module.
+@functools.lru_cache(maxsize=4)
+def _key_set(keys: tuple[str, ...]) -> tuple:
+    return tuple(_checked(rf"(.*\.)?({key})$", "a pattern key", cache=False) for key in keys)
+
+
 def fullmatches(pattern: str, name: str) -> bool:
     """Whether `pattern` matches the whole of `name` (a string target_modules or
     exclude_modules, as PEFT's `re.fullmatch`)."""

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from hub.errors import InvalidAdapterConfig
-from hub.formats.patterns import MAX_PATTERNS_TOTAL_LEN, check_pattern, peft_key_matches
+from hub.formats.patterns import MAX_PATTERNS_TOTAL_LEN, check_pattern, first_key_matching
 from hub.formats.safetensors_file import quote, strict_json_loads
 from hub.formats.text import describe_char, unstorable_char
 
@@ -141,10 +141,8 @@ def _check_patterns_total(config: dict) -> None:
 def get_pattern_key(pattern_keys: Any, key_to_match: str) -> str:
     """The first pattern key matching the module name, as peft.utils.other.get_pattern_key
     (matched with RE2: hub.formats.patterns)."""
-    for key in pattern_keys:
-        if peft_key_matches(key, key_to_match):
-            return key
-    return key_to_match
+    found = first_key_matching(tuple(pattern_keys), key_to_match)
+    return key_to_match if found is None else found
 
 
 def module_rank(config: dict, module: str) -> int:
