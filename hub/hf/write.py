@@ -19,7 +19,7 @@ from hub.hf import hf
 from hub.hf.auth import current_principal
 from hub.hf.ndjson import parse_commit
 from hub.runtime import current_hub
-from hub.services.access import require_owner
+from hub.services.access import require_owner, require_writer
 from hub.services.commit_publish import IMMUTABLE, create_adapter, publish_commit
 from hub.services.commits import MAIN, version_commit
 from hub.services.publish import Upload
@@ -31,13 +31,14 @@ def create_repo():
     body = _json()
     if body.get("type", "model") != "model":
         raise InvalidRequest("This hub holds models (LoRA adapters) only.")
-    owner = body.get("organization") or _caller_name()
+    principal = require_writer(current_principal())  # before the owner it names by default
+    owner = body.get("organization") or principal.name
     name = body.get("name")
     if not isinstance(name, str) or not isinstance(owner, str):
         raise InvalidRequest("Send {'name': <adapter name>, 'organization': <owner>}.")
     private = body.get("visibility") == "private" or body.get("private") is True
     with current_hub().db.session() as session:
-        adapter, created = create_adapter(session, current_principal(), owner, name, private)
+        adapter, created = create_adapter(session, principal, owner, name, private)
         repo = f"{adapter.owner.name}/{adapter.name}"
     url = f"{request.host_url}{repo}"
     if not created:
@@ -141,11 +142,6 @@ def _require_writer(owner: str, revision: str) -> None:
         raise InvalidRequest(f"Commit to `main` (not {revision!r}): each commit publishes a"
                              " new version, labelled by the README's `version:` or the next"
                              " integer.")
-
-
-def _caller_name() -> str:
-    principal = current_principal()
-    return principal.name if principal is not None else ""
 
 
 def _json() -> dict:

@@ -19,6 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hub.errors import InvalidName, InvalidRequest, NotFound, UnknownLicense, VersionExists
@@ -51,8 +52,7 @@ def create_adapter(session: Session, principal: Principal | None, owner: str, na
     owner_row = session.scalar(select(User).where(User.name == owner))
     if owner_row is None:
         raise NotFound(f"No user named {owner!r}.")
-    adapter = session.scalar(select(Adapter).where(Adapter.owner_id == owner_row.id,
-                                                   Adapter.name == name))
+    adapter = _adapter_named(session, owner_row.id, name)
     if adapter is not None:
         return adapter, False
     check_adapter_name_free(session, owner_row.id, owner_row.name, name)
@@ -60,8 +60,24 @@ def create_adapter(session: Session, principal: Principal | None, owner: str, na
     adapter = Adapter(owner=owner_row, name=name, visibility="private" if private else "public",
                       created_at=now, updated_at=now, downloads=0, description="")
     session.add(adapter)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:
+        # Another create_repo made it (or a look-alike) since the check above: answer what
+        # it committed (the session holds nothing else of ours).
+        session.rollback()
+        owner_id = session.scalar(select(User.id).where(User.name == owner))
+        adapter = _adapter_named(session, owner_id, name)
+        if adapter is None:
+            check_adapter_name_free(session, owner_id, owner, name)
+            raise
+        return adapter, False
     return adapter, True
+
+
+def _adapter_named(session: Session, owner_id: int, name: str) -> Adapter | None:
+    return session.scalar(select(Adapter).where(Adapter.owner_id == owner_id,
+                                                Adapter.name == name))
 
 
 def publish_commit(session: Session, store: BlobStore, principal: Principal | None,

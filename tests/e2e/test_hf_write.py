@@ -42,3 +42,35 @@ def test_card_version_is_the_label_as_written_not_as_yaml_types_it(
     assert response.status_code == 200, response.get_data(as_text=True)
     versions = client.get("/api/v1/adapters/alice/style").get_json()["versions"]
     assert [v["version"] for v in versions] == [label]
+
+
+def test_create_repo_racing_another_answers_the_existing_adapter(app, make_user):
+    from sqlalchemy import event
+
+    from hub.services.accounts import authenticate
+    from hub.services.commit_publish import create_adapter
+
+    token = make_user("alice")
+    db = app.extensions["lorastack"].db
+    with db.session() as session:
+        principal = authenticate(session, token)
+
+    raced = []
+
+    def _the_other_one_commits_first(session, *_):
+        if raced:
+            return
+        raced.append(True)
+        with db.session() as other:
+            assert create_adapter(other, principal, "alice", "style", False)[1] is True
+
+    with db.session() as session:
+        event.listen(session, "before_flush", _the_other_one_commits_first)
+        adapter, created = create_adapter(session, principal, "alice", "style", False)
+        assert (created, adapter.name, adapter.owner.name) == (False, "style", "alice")
+
+
+def test_anonymous_create_repo_is_asked_for_a_token(client):
+    response = client.post("/api/repos/create", json={"name": "style", "type": "model"})
+    assert response.status_code == 401, response.get_data(as_text=True)
+    assert response.get_json()["code"] == "unauthorized"
