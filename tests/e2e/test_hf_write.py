@@ -3,6 +3,7 @@ create_repo's races and refusals, the commit body's temporary files, error shape
 from __future__ import annotations
 
 import base64
+import io
 import json
 from pathlib import Path
 
@@ -74,3 +75,42 @@ def test_anonymous_create_repo_is_asked_for_a_token(client):
     response = client.post("/api/repos/create", json={"name": "style", "type": "model"})
     assert response.status_code == 401, response.get_data(as_text=True)
     assert response.get_json()["code"] == "unauthorized"
+
+
+def _assert_hub_error(response, status: int) -> dict:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"  # the Hub's shape, not problem+json
+    assert response.headers["X-Error-Message"]
+    return response.get_json()
+
+
+def test_a_method_an_hf_route_does_not_take_answers_in_the_hubs_error_shape(client):
+    body = _assert_hub_error(client.put("/api/repos/create", json={}), 405)
+    assert body["code"] == "method_not_allowed"
+    assert "POST" in client.put("/api/repos/create", json={}).headers["Allow"]
+
+
+def test_a_commit_over_the_upload_limit_answers_in_the_hubs_error_shape(
+        settings, make_user, lora_dir):
+    from dataclasses import replace
+
+    from hub import create_app
+
+    app = create_app(replace(settings, max_upload_bytes=4096))
+    try:
+        from hub.services.accounts import create_token, create_user
+
+        with app.extensions["lorastack"].db.session() as session:
+            create_user(session, "bob")
+            token = create_token(session, "bob")
+        body = _commit_body(_adapter(lora_dir, "---\nlicense: mit\n---\n"))
+        # Chunked, with no Content-Length: the limit trips while the body streams in.
+        response = app.test_client().post(
+            "/api/models/bob/style/commit/main", input_stream=io.BytesIO(body),
+            headers={**auth(token), "Content-Type": "application/x-ndjson",
+                     "Transfer-Encoding": "chunked"},
+            environ_overrides={"wsgi.input_terminated": True})
+        assert "LORASTACK_MAX_UPLOAD_BYTES" in response.get_json()["error"]
+        assert _assert_hub_error(response, 413)["code"] == "file_too_large"
+    finally:
+        app.extensions["lorastack"].close()
