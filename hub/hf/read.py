@@ -6,16 +6,17 @@ from urllib.parse import urlencode
 
 from flask import current_app, jsonify, redirect, request, send_file
 
-from hub.errors import InvalidRequest, NotFound
+from hub.errors import InvalidRequest, NotFound, StorageUnavailable
 from hub.formats.readme import DEFAULT_MAX_README_BYTES, parse_front_matter
 from hub.hf import hf
 from hub.hf.auth import current_principal
 from hub.hf.errors import ENTRY_NOT_FOUND, REPO_NOT_FOUND, REVISION_NOT_FOUND, missing_is
 from hub.hf.shapes import commit_entry, model_info, model_summary, refs, tree_entry
-from hub.models import Adapter, Version
+from hub.models import Adapter, Version, VersionFile
 from hub.runtime import current_hub
 from hub.services import catalog
 from hub.services.access import require_token
+from hub.services.browse import card_file
 from hub.services.commits import MAIN, find_revision, version_commit
 from hub.services.downloads import (counts_as_download, file_cache_control,
                                     redirect_cache_control)
@@ -119,16 +120,25 @@ def get_model(owner: str, name: str, revision: str | None = None):
         if revision in (None, MAIN) and not adapter.versions:
             return jsonify(model_info(adapter, None, card_data=None, blobs=blobs))
         version = find_version(adapter, revision or MAIN)
-        return jsonify(model_info(adapter, version, card_data=_card_data(version), blobs=blobs))
+        info = model_info(adapter, version, card_data=None, blobs=blobs)
+        readme = card_file(version)
+    # The store is read after the session: a slow store holds no database connection.
+    card_data = _card_data(readme)
+    if card_data is not None:
+        info["cardData"] = card_data
+    return jsonify(info)
 
 
-def _card_data(version: Version) -> dict | None:
-    """The README's front matter, the Hub's `cardData`; None without a README."""
-    readme = next((file for file in version.files if file.path == "README.md"), None)
+def _card_data(readme: VersionFile | None) -> dict | None:
+    """The README's front matter, the Hub's `cardData`; None without a README, or when
+    the store cannot give it (the rest of the model info still answers)."""
     if readme is None or readme.size > DEFAULT_MAX_README_BYTES:
         return None
-    with current_hub().store.open_read(readme.blob_key) as stream:
-        text = stream.read(DEFAULT_MAX_README_BYTES).decode("utf-8", "replace")
+    try:
+        with current_hub().store.open_read(readme.blob_key) as stream:
+            text = stream.read(DEFAULT_MAX_README_BYTES).decode("utf-8", "replace")
+    except (StorageUnavailable, NotFound):  # the store is down, or lost the blob
+        return None
     # Checked when it was published; a front matter read back is as it was then.
     return parse_front_matter(text.removeprefix("\ufeff")) or None
 

@@ -114,3 +114,19 @@ def test_a_commit_over_the_upload_limit_answers_in_the_hubs_error_shape(
         assert _assert_hub_error(response, 413)["code"] == "file_too_large"
     finally:
         app.extensions["lorastack"].close()
+
+
+def test_model_info_without_its_readme_blob_has_no_card_data(app, client, make_user, lora_dir):
+    import hashlib
+
+    from hub.storage.base import blob_key
+
+    token = make_user("alice")
+    card = "---\nlicense: apache-2.0\ntags: [style]\n---\n# A LoRA\n"
+    assert _commit(client, token, "alice/style", _adapter(lora_dir, card)).status_code == 200
+    assert client.get("/api/models/alice/style").get_json()["cardData"]["tags"] == ["style"]
+    app.extensions["lorastack"].store.delete(blob_key(hashlib.sha256(card.encode()).hexdigest()))
+    response = client.get("/api/models/alice/style")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    info = response.get_json()
+    assert "cardData" not in info and info["id"] == "alice/style"
