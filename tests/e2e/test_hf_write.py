@@ -130,3 +130,21 @@ def test_model_info_without_its_readme_blob_has_no_card_data(app, client, make_u
     assert response.status_code == 200, response.get_data(as_text=True)
     info = response.get_json()
     assert "cardData" not in info and info["id"] == "alice/style"
+
+
+@pytest.mark.parametrize("tail", [b', "path": "a.bin"', b', "path": "a.bin"}} trailing',
+                                  b', "path": 3}}'])
+def test_a_file_line_that_is_not_valid_leaves_no_temporary_file(tmp_path, tail):
+    from hub.errors import InvalidRequest
+    from hub.hf.ndjson import parse_commit
+
+    body = (b'{"key": "header", "value": {"summary": "s"}}\n'
+            b'{"key": "file", "value": {"content": "' + base64.b64encode(b"x" * 5000)
+            + b'"' + tail + b"\n")
+    try:
+        parse_commit(io.BytesIO(body), str(tmp_path))
+    except InvalidRequest:
+        # Checked while the refusal is handled: its traceback must not be what removes it.
+        assert list(tmp_path.iterdir()) == []
+    else:
+        pytest.fail("the body was accepted")
