@@ -2,9 +2,10 @@
 of upload_file / upload_folder / push_to_hub, and refusals of what would rewrite history.
 
 Every file is answered as a "regular" upload: its bytes come base64-encoded in the commit
-body, which the hub decodes to disk as it streams in (hub.hf.ndjson). huggingface_hub 2.x
-sends "lfs" files through Xet whenever hf_xet is installed, with no way for a server to
-decline it, and this hub does not speak Xet; regular uploads work with every client.
+body, which the hub decodes to disk as it streams in (hub.hf.ndjson). The pinned
+huggingface_hub client sends "lfs" files through Xet whenever hf_xet is installed, with no
+way for a server to decline it, and this hub does not speak Xet; regular uploads work with
+every client.
 """
 from __future__ import annotations
 

@@ -321,7 +321,8 @@ def search_adapters(session: Session, principal: Principal | None,
 
 #: How many adapters, by downloads, the top-score shortcut looks through...
 DENSE_WINDOW = 1000
-#: ... when a search has at least this many matches (fewer are ranked faster than that).
+#: ... when a search has at least this many matches (a smaller set is ranked in full:
+#: ranking all of it costs less than the shortcut's look-up).
 DENSE_MATCHES = 2000
 
 
