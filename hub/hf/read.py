@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from flask import current_app, jsonify, redirect, request, send_file
+from flask import jsonify, request
 
+from hub.adapter_files import StoredFile, send_stored_file
 from hub.errors import InvalidRequest, NotFound, StorageUnavailable
 from hub.formats.readme import DEFAULT_MAX_README_BYTES, parse_front_matter
 from hub.hf import hf
@@ -18,8 +19,6 @@ from hub.services import catalog
 from hub.services.access import require_token
 from hub.services.browse import card_file
 from hub.services.commits import MAIN, find_revision, version_commit
-from hub.services.downloads import (counts_as_download, file_cache_control,
-                                    redirect_cache_control)
 
 # The Hub's sort names -> the catalog's.
 _SORTS = {"downloads": "downloads", "likes": "downloads", "trendingScore": "downloads",
@@ -190,8 +189,7 @@ def resolve(owner: str, name: str, revision: str, path: str):
     """A file's bytes with the headers the client relies on; on S3, GET is a 302 to a
     presigned URL (HEAD answers from the database, so the client's GET comes here and is
     counted)."""
-    hub = current_hub()
-    with hub.db.session() as session:
+    with current_hub().db.session() as session:
         adapter = find_adapter(session, owner, name)
         if revision == MAIN and not adapter.versions:
             with missing_is(ENTRY_NOT_FOUND):  # a new card is written, as on an empty repo
@@ -204,38 +202,10 @@ def resolve(owner: str, name: str, revision: str, path: str):
             error.hf_error_code = ENTRY_NOT_FOUND
             error.repo_commit = commit
             raise error
-        visibility, adapter_id = adapter.visibility, adapter.id
-        key, sha256, size = file.blob_key, file.sha256, file.size
-    pinned = revision not in (MAIN, "latest")
-    url = None
-    if request.method == "GET":
-        url = hub.store.presigned_url(key, filename=path, expires_in=hub.settings.presign_ttl,
-                                      cache_control=file_cache_control(visibility, pinned))
-    if url is not None:
-        response = redirect(url, code=302)
-        response.headers["Cache-Control"] = redirect_cache_control(visibility, pinned,
-                                                                   hub.settings.presign_ttl)
-    elif request.method == "HEAD" and hub.store.local_path(key) is None:
-        response = current_app.response_class(status=200)
-        response.headers["Content-Length"] = str(size)
-        response.headers["Cache-Control"] = file_cache_control(visibility, pinned)
-    else:
-        response = send_file(hub.store.local_path(key), mimetype="application/octet-stream",
-                             download_name=path.rsplit("/", 1)[-1], conditional=True,
-                             etag=sha256, max_age=None)
-        response.headers["Cache-Control"] = file_cache_control(visibility, pinned)
-        response.headers.pop("Expires", None)
-    response.headers["ETag"] = f'"{sha256}"'
-    response.headers["X-Repo-Commit"] = commit
-    response.headers["X-Linked-Etag"] = f'"{sha256}"'
-    response.headers["X-Linked-Size"] = str(size)
-    response.headers["Accept-Ranges"] = "bytes"
-    if counts_as_download(path, request.method, request.headers.get("Range"),
-                          response.status_code):
-        with hub.db.session() as session:
-            catalog.record_download(session, adapter_id)
-        current_app.extensions["lorastack_metrics"].downloads.inc()
-    return response
+        stored = StoredFile.of(adapter, file)
+    return send_stored_file(stored, pinned=revision not in (MAIN, "latest"), headers={
+        "X-Repo-Commit": commit, "X-Linked-Etag": f'"{stored.sha256}"',
+        "X-Linked-Size": str(stored.size), "Accept-Ranges": "bytes"})
 
 
 def _repo(adapter: Adapter) -> str:

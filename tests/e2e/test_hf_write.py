@@ -148,3 +148,24 @@ def test_a_file_line_that_is_not_valid_leaves_no_temporary_file(tmp_path, tail):
         assert list(tmp_path.iterdir()) == []
     else:
         pytest.fail("the body was accepted")
+
+
+def test_head_of_a_file_is_answered_from_the_database_on_every_surface(
+        client, make_user, lora_dir):
+    token = make_user("alice")
+    card = "---\nlicense: apache-2.0\n---\n"
+    assert _commit(client, token, "alice/style", _adapter(lora_dir, card)).status_code == 200
+    size = len((lora_dir / "adapter_config.json").read_bytes())
+    for url in ("/api/v1/adapters/alice/style/versions/1/files/adapter_config.json",
+                "/alice/style/resolve/1/adapter_config.json"):
+        head = client.head(url)
+        # A presigned URL is signed for GET: a HEAD never redirects to one.
+        assert head.status_code == 200, (url, head.status_code)
+        assert head.headers["Content-Length"] == str(size)
+        assert head.headers["Cache-Control"]
+    resolve = client.head("/alice/style/resolve/1/adapter_config.json")
+    assert resolve.headers["X-Linked-Size"] == str(size)
+    weights = "/alice/style/resolve/1/adapter_model.safetensors"
+    assert client.head(weights).status_code == 200
+    assert client.get(weights).status_code in (200, 302)
+    assert client.get("/api/v1/adapters/alice/style").get_json()["downloads"] == 1
