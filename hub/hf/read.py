@@ -79,7 +79,8 @@ def list_models():
     query = catalog.parse_query({key: value for key, value in args.items() if value})
     with current_hub().db.session() as session:
         rows, next_cursor = catalog.search_adapters(session, current_principal(), query)
-        response = jsonify([model_summary(row) for row in rows])
+        latest = catalog.latest_versions(session, rows)
+        response = jsonify([model_summary(row, latest.get(row.id)) for row in rows])
     if next_cursor:
         params = [(k, v) for k, v in request.args.items(multi=True) if k != "cursor"]
         next_url = f"{request.base_url}?{urlencode(params + [('cursor', next_cursor)])}"

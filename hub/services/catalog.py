@@ -360,6 +360,18 @@ def _top_score_page(principal: Principal | None, query: Query, terms: Terms, aft
     return page.limit(query.limit + 1).subquery()
 
 
+def latest_versions(session: Session, adapters: list[Adapter]) -> dict[int, Version]:
+    """The latest version of each listed adapter (by its `latest_label`), in one query:
+    a listing loads no versions."""
+    labels = {adapter.id: adapter.latest_label for adapter in adapters
+              if adapter.latest_label is not None}
+    if not labels:
+        return {}
+    rows = session.scalars(select(Version).where(
+        tuple_(Version.adapter_id, Version.label).in_(list(labels.items()))))
+    return {version.adapter_id: version for version in rows}
+
+
 def _load_page(session: Session, page, keys: int, descending: bool) -> list:
     """The adapters of a page's keys (`k0`..: sort values, then the id), in its order."""
     found = [page.c[f"k{n}"] for n in range(keys)]

@@ -169,3 +169,28 @@ def test_head_of_a_file_is_answered_from_the_database_on_every_surface(
     assert client.head(weights).status_code == 200
     assert client.get(weights).status_code in (200, 302)
     assert client.get("/api/v1/adapters/alice/style").get_json()["downloads"] == 1
+
+
+def test_model_listing_reads_the_latest_versions_in_one_query_not_one_per_row(
+        app, client, make_user, lora_dir):
+    from sqlalchemy import event
+
+    token = make_user("alice")
+    card = "---\nlicense: apache-2.0\n---\n"
+    for n in range(4):
+        assert _commit(client, token, f"alice/style-{n}",
+                       _adapter(lora_dir, card)).status_code == 200
+    engine = app.extensions["lorastack"].db.engine
+    statements: list[str] = []
+
+    def _record(_conn, _cursor, statement, *_):
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", _record)
+    try:
+        listing = client.get("/api/models?author=alice").get_json()
+    finally:
+        event.remove(engine, "before_cursor_execute", _record)
+    assert len(listing) == 4 and all("lora" in model["tags"] for model in listing)
+    from_versions = [s for s in statements if s.lstrip().startswith("SELECT versions.")]
+    assert len(from_versions) <= 1, from_versions
