@@ -111,6 +111,6 @@ def _checked(pattern: str, what: str, cache: bool = True):
 # Keyed by the pattern alone and small: every entry may hold up to max_mem.
 @functools.lru_cache(maxsize=256)
 def _compile(pattern: str):
-    # re2.compile keeps its own unbounded-by-size cache of every program it built;
-    # building the Regexp directly leaves this cache as the only one.
+    # re2.compile keeps the programs it builds in a cache of its own, bounded by count
+    # and not by size; building the Regexp directly leaves this cache as the only one.
     return re2._Regexp(pattern, _OPTIONS)
