@@ -2,8 +2,8 @@
 
 An adapter_config.json may hold regexes: `rank_pattern` / `alpha_pattern` keys, a string
 `target_modules` or `exclude_modules`, `layers_pattern`. PEFT runs them with Python's `re`,
-which backtracks: a key such as `.*.*.*.*.*=` takes minutes against a few hundred
-characters of module name, and no syntactic guard catches every such shape. The hub runs
+which backtracks: a key such as `.*.*.*.*.*=` takes time exponential in the length of the
+module name, and no syntactic guard catches every such shape. The hub runs
 every one of them with RE2 (google-re2), whose time is linear in the name whatever the
 pattern, in the same textual combinations PEFT builds, so a pattern selects the same
 modules here as in PEFT. A pattern must compile in both engines: Python's (PEFT loads the
@@ -22,10 +22,14 @@ from hub.errors import InvalidAdapterConfig
 from hub.formats.safetensors_file import quote
 
 MAX_PATTERN_LEN = 512
+# A short pattern can still expand into a large program (`[a-z]{1000}` repeated): the
+# total of one config's patterns, and each program's memory, are bounded so that an
+# upload cannot make the hub compile and keep a large amount of them.
+MAX_PATTERNS_TOTAL_LEN = 64 * 1024
 
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # a refused pattern is the caller's error, not a log line
-_OPTIONS.max_mem = 8 << 20  # bounds the compiled program: a{1000}{1000} is refused
+_OPTIONS.max_mem = 1 << 20  # module-name patterns need a small fraction of this
 
 
 def check_pattern(pattern: object, what: str) -> str:
@@ -37,20 +41,35 @@ def check_pattern(pattern: object, what: str) -> str:
         re.compile(pattern)
     except (re.error, OverflowError, RecursionError) as exc:
         raise InvalidAdapterConfig(f"{what} {quote(pattern)} is not a valid regex: {exc}") from None
-    _compile(pattern, what)
+    _checked(pattern, what, cache=False)  # checked, then dropped: only matching caches
     return pattern
 
 
 def peft_key_matches(key: str, name: str) -> bool:
     """Whether a rank_pattern / alpha_pattern key selects the module `name`, as PEFT's
     get_pattern_key: `re.match(rf"(.*\\.)?({key})$", name)`."""
-    return _compile(rf"(.*\.)?({key})$", "a pattern key").match(name) is not None
+    return _checked(rf"(.*\.)?({key})$", "a pattern key").match(name) is not None
+
+
+def first_key_matching(keys: tuple[str, ...], name: str) -> str | None:
+    """The first of `keys` that selects the module `name` as peft_key_matches, else None."""
+    for key, regex in zip(keys, _key_set(keys)):
+        if regex.match(name) is not None:
+            return key
+    return None
+
+
+# One config's keys are matched against every module: compiled once as a set, so that a
+# config with more keys than _compile's cache holds does not recompile them per module.
+@functools.lru_cache(maxsize=4)
+def _key_set(keys: tuple[str, ...]) -> tuple:
+    return tuple(_checked(rf"(.*\.)?({key})$", "a pattern key", cache=False) for key in keys)
 
 
 def fullmatches(pattern: str, name: str) -> bool:
     """Whether `pattern` matches the whole of `name` (a string target_modules or
     exclude_modules, as PEFT's `re.fullmatch`)."""
-    return _compile(pattern, "`target_modules`").fullmatch(name) is not None
+    return _checked(pattern, "`target_modules`").fullmatch(name) is not None
 
 
 def layer_index(patterns: list[str], module: str) -> int | None:
@@ -60,7 +79,7 @@ def layer_index(patterns: list[str], module: str) -> int | None:
         if "idx" in re.compile(pattern).groupindex:
             raise InvalidAdapterConfig(f"`layers_pattern` {quote(pattern)} does not combine"
                                        " into PEFT's layer pattern: it names a group `idx`")
-        regex = _compile(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.",
+        regex = _checked(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.",
                          f"`layers_pattern` {quote(pattern)} in PEFT's layer pattern")
         match = regex.match(module)
         if match is not None:
@@ -71,14 +90,27 @@ def layer_index(patterns: list[str], module: str) -> int | None:
     return None
 
 
-@functools.lru_cache(maxsize=4096)
-def _compile(pattern: str, what: str):
+def _checked(pattern: str, what: str, cache: bool = True):
+    """`pattern` compiled by RE2; InvalidAdapterConfig naming `what` when RE2 refuses it."""
     try:
-        return re2.compile(pattern, _OPTIONS)
+        return _compile(pattern) if cache else _compile.__wrapped__(pattern)
     except re2.error as exc:
         reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(
             exc.args[0], bytes) else str(exc)
+        if "too large" in reason or "too big" in reason:
+            raise InvalidAdapterConfig(
+                f"{what} {quote(pattern)} is too large once compiled ({reason}): its"
+                " repetitions expand beyond what a module-name pattern needs; write it"
+                " with fewer or smaller counted repetitions") from None
         raise InvalidAdapterConfig(
             f"{what} {quote(pattern)} cannot be matched in linear time ({reason}); the hub"
             " matches patterns with RE2, which has no backreferences, lookaround, atomic"
             " groups or possessive quantifiers") from None
+
+
+# Keyed by the pattern alone and small: every entry may hold up to max_mem.
+@functools.lru_cache(maxsize=256)
+def _compile(pattern: str):
+    # re2.compile keeps the programs it builds in a cache of its own, bounded by count
+    # and not by size; building the Regexp directly leaves this cache as the only one.
+    return re2._Regexp(pattern, _OPTIONS)

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from hub.errors import InvalidAdapterConfig
-from hub.formats.patterns import check_pattern, peft_key_matches
+from hub.formats.patterns import MAX_PATTERNS_TOTAL_LEN, check_pattern, first_key_matching
 from hub.formats.safetensors_file import quote, strict_json_loads
 from hub.formats.text import describe_char, unstorable_char
 
@@ -84,6 +84,7 @@ def _check_lora_fields(config: dict) -> None:
     # A string target is a regex PEFT fullmatches against every module name (as is a string
     # exclude_modules, and layers_pattern): the key checks decide with them, so they get the
     # same screening as rank_pattern's keys.
+    _check_patterns_total(config)
     if isinstance(targets, str) and targets != "all-linear":
         check_pattern(targets, "`target_modules`")
     for name in ("modules_to_save", "exclude_modules", "target_parameters", "layers_pattern"):
@@ -118,13 +119,30 @@ def _check_lora_fields(config: dict) -> None:
             check(value, f"`{name}[{quote(key)}]`")
 
 
+def _check_patterns_total(config: dict) -> None:
+    """Refuse a config whose regexes together exceed MAX_PATTERNS_TOTAL_LEN characters
+    (before any of them is compiled)."""
+    total = 0
+    for name in ("target_modules", "exclude_modules", "layers_pattern"):
+        value = config.get(name)
+        values = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        total += sum(len(v) for v in values if isinstance(v, str))
+    for name in ("rank_pattern", "alpha_pattern"):
+        value = config.get(name)
+        if isinstance(value, dict):
+            total += sum(len(key) for key in value)
+    if total > MAX_PATTERNS_TOTAL_LEN:
+        raise InvalidAdapterConfig(
+            f"adapter_config.json's patterns (target_modules, exclude_modules, layers_pattern,"
+            f" rank_pattern and alpha_pattern keys) hold {total} characters in total; the"
+            f" limit is {MAX_PATTERNS_TOTAL_LEN}")
+
+
 def get_pattern_key(pattern_keys: Any, key_to_match: str) -> str:
     """The first pattern key matching the module name, as peft.utils.other.get_pattern_key
     (matched with RE2: hub.formats.patterns)."""
-    for key in pattern_keys:
-        if peft_key_matches(key, key_to_match):
-            return key
-    return key_to_match
+    found = first_key_matching(tuple(pattern_keys), key_to_match)
+    return key_to_match if found is None else found
 
 
 def module_rank(config: dict, module: str) -> int:

@@ -133,6 +133,23 @@ def parse_front_matter(text: str) -> dict:
     return _jsonable(data, "front matter")
 
 
+def front_matter_scalar(text: str, key: str) -> str | None:
+    """The text written for the top-level `key` of `text`'s front matter when it is a plain
+    scalar (as typed, before YAML reads `1.10` as a float or `012` as an octal integer);
+    None when absent or not a plain scalar. The front matter must parse (parse_front_matter)."""
+    m = _FRONT_MATTER.match(text)
+    if m is None:
+        return None
+    node = yaml.compose(m.group(1), Loader=_NoAliasLoader)  # noqa: S506 - SafeLoader subclass
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for name, value in node.value:
+        if (isinstance(name, yaml.ScalarNode) and name.value == key
+                and isinstance(value, yaml.ScalarNode) and value.style is None):
+            return value.value
+    return None
+
+
 def parse_readme(data: bytes, *, max_bytes: int = DEFAULT_MAX_README_BYTES) -> ReadmeInfo:
     """Decode README.md bytes as UTF-8 and read its front matter fields."""
     if len(data) > max_bytes:

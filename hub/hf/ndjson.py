@@ -156,19 +156,18 @@ def _file_line(reader: _Reader, body: CommitBody, tmp_dir: str, match) -> dict:
         end = len(reader.buffer) if newline < 0 else newline
         tail = bytes(reader.buffer[:end])
         del reader.buffer[:end + 1]
+        line = _loads(prefix + tail)
+        value = line.get("value")
+        path = value.get("path") if isinstance(value, dict) else None
+        if line.get("key") != "file" or not isinstance(path, str):
+            raise InvalidRequest('A line with "content" must be {"key": "file", "value":'
+                                 ' {"content", "path", "encoding": "base64"}}.')
     except binascii.Error:
         temp.close()
         raise InvalidRequest("A file's content in the commit is not valid base64.") from None
     except BaseException:
-        temp.close()
+        temp.close()  # until it is in body.files, nothing else removes it
         raise
-    line = _loads(prefix + tail)
-    value = line.get("value") if isinstance(line, dict) else None
-    path = value.get("path") if isinstance(value, dict) else None
-    if line.get("key") != "file" or not isinstance(path, str):
-        temp.close()
-        raise InvalidRequest('A line with "content" must be {"key": "file", "value":'
-                             ' {"content", "path", "encoding": "base64"}}.')
     if path in body.files:
         body.files[path].close()
     body.files[path] = temp

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from flask import current_app, jsonify, redirect, request, send_file
+from flask import jsonify, request
 
-from hub.errors import InvalidRequest, NotFound
+from hub.adapter_files import StoredFile, send_stored_file
+from hub.errors import InvalidRequest, NotFound, StorageUnavailable
 from hub.formats.readme import DEFAULT_MAX_README_BYTES, parse_front_matter
 from hub.hf import hf
 from hub.hf.auth import current_principal
 from hub.hf.errors import ENTRY_NOT_FOUND, REPO_NOT_FOUND, REVISION_NOT_FOUND, missing_is
 from hub.hf.shapes import commit_entry, model_info, model_summary, refs, tree_entry
-from hub.models import Adapter, Version
+from hub.models import Adapter, Version, VersionFile
 from hub.runtime import current_hub
 from hub.services import catalog
 from hub.services.access import require_token
+from hub.services.browse import card_file
 from hub.services.commits import MAIN, find_revision, version_commit
-from hub.services.downloads import (counts_as_download, file_cache_control,
-                                    redirect_cache_control)
 
 # The Hub's sort names -> the catalog's.
 _SORTS = {"downloads": "downloads", "likes": "downloads", "trendingScore": "downloads",
@@ -79,7 +79,8 @@ def list_models():
     query = catalog.parse_query({key: value for key, value in args.items() if value})
     with current_hub().db.session() as session:
         rows, next_cursor = catalog.search_adapters(session, current_principal(), query)
-        response = jsonify([model_summary(row) for row in rows])
+        latest = catalog.latest_versions(session, rows)
+        response = jsonify([model_summary(row, latest.get(row.id)) for row in rows])
     if next_cursor:
         params = [(k, v) for k, v in request.args.items(multi=True) if k != "cursor"]
         next_url = f"{request.base_url}?{urlencode(params + [('cursor', next_cursor)])}"
@@ -119,16 +120,25 @@ def get_model(owner: str, name: str, revision: str | None = None):
         if revision in (None, MAIN) and not adapter.versions:
             return jsonify(model_info(adapter, None, card_data=None, blobs=blobs))
         version = find_version(adapter, revision or MAIN)
-        return jsonify(model_info(adapter, version, card_data=_card_data(version), blobs=blobs))
+        info = model_info(adapter, version, card_data=None, blobs=blobs)
+        readme = card_file(version)
+    # The store is read after the session: a slow store holds no database connection.
+    card_data = _card_data(readme)
+    if card_data is not None:
+        info["cardData"] = card_data
+    return jsonify(info)
 
 
-def _card_data(version: Version) -> dict | None:
-    """The README's front matter, the Hub's `cardData`; None without a README."""
-    readme = next((file for file in version.files if file.path == "README.md"), None)
+def _card_data(readme: VersionFile | None) -> dict | None:
+    """The README's front matter, the Hub's `cardData`; None without a README, or when
+    the store cannot give it (the rest of the model info still answers)."""
     if readme is None or readme.size > DEFAULT_MAX_README_BYTES:
         return None
-    with current_hub().store.open_read(readme.blob_key) as stream:
-        text = stream.read(DEFAULT_MAX_README_BYTES).decode("utf-8", "replace")
+    try:
+        with current_hub().store.open_read(readme.blob_key) as stream:
+            text = stream.read(DEFAULT_MAX_README_BYTES).decode("utf-8", "replace")
+    except (StorageUnavailable, NotFound):  # the store is down, or lost the blob
+        return None
     # Checked when it was published; a front matter read back is as it was then.
     return parse_front_matter(text.removeprefix("\ufeff")) or None
 
@@ -180,8 +190,7 @@ def resolve(owner: str, name: str, revision: str, path: str):
     """A file's bytes with the headers the client relies on; on S3, GET is a 302 to a
     presigned URL (HEAD answers from the database, so the client's GET comes here and is
     counted)."""
-    hub = current_hub()
-    with hub.db.session() as session:
+    with current_hub().db.session() as session:
         adapter = find_adapter(session, owner, name)
         if revision == MAIN and not adapter.versions:
             with missing_is(ENTRY_NOT_FOUND):  # a new card is written, as on an empty repo
@@ -194,38 +203,10 @@ def resolve(owner: str, name: str, revision: str, path: str):
             error.hf_error_code = ENTRY_NOT_FOUND
             error.repo_commit = commit
             raise error
-        visibility, adapter_id = adapter.visibility, adapter.id
-        key, sha256, size = file.blob_key, file.sha256, file.size
-    pinned = revision not in (MAIN, "latest")
-    url = None
-    if request.method == "GET":
-        url = hub.store.presigned_url(key, filename=path, expires_in=hub.settings.presign_ttl,
-                                      cache_control=file_cache_control(visibility, pinned))
-    if url is not None:
-        response = redirect(url, code=302)
-        response.headers["Cache-Control"] = redirect_cache_control(visibility, pinned,
-                                                                   hub.settings.presign_ttl)
-    elif request.method == "HEAD" and hub.store.local_path(key) is None:
-        response = current_app.response_class(status=200)
-        response.headers["Content-Length"] = str(size)
-        response.headers["Cache-Control"] = file_cache_control(visibility, pinned)
-    else:
-        response = send_file(hub.store.local_path(key), mimetype="application/octet-stream",
-                             download_name=path.rsplit("/", 1)[-1], conditional=True,
-                             etag=sha256, max_age=None)
-        response.headers["Cache-Control"] = file_cache_control(visibility, pinned)
-        response.headers.pop("Expires", None)
-    response.headers["ETag"] = f'"{sha256}"'
-    response.headers["X-Repo-Commit"] = commit
-    response.headers["X-Linked-Etag"] = f'"{sha256}"'
-    response.headers["X-Linked-Size"] = str(size)
-    response.headers["Accept-Ranges"] = "bytes"
-    if counts_as_download(path, request.method, request.headers.get("Range"),
-                          response.status_code):
-        with hub.db.session() as session:
-            catalog.record_download(session, adapter_id)
-        current_app.extensions["lorastack_metrics"].downloads.inc()
-    return response
+        stored = StoredFile.of(adapter, file)
+    return send_stored_file(stored, pinned=revision not in (MAIN, "latest"), headers={
+        "X-Repo-Commit": commit, "X-Linked-Etag": f'"{stored.sha256}"',
+        "X-Linked-Size": str(stored.size), "Accept-Ranges": "bytes"})
 
 
 def _repo(adapter: Adapter) -> str:

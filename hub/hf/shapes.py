@@ -63,9 +63,9 @@ def repo_tags(adapter: Adapter, version: Version | None) -> list[str]:
     return tags + [tag for tag in derived if tag not in tags]
 
 
-def model_summary(adapter: Adapter) -> dict:
-    """A model of `GET /api/models`: what a listing knows without reading files."""
-    latest = latest_version(adapter)
+def model_summary(adapter: Adapter, latest: Version | None) -> dict:
+    """A model of `GET /api/models`: what a listing knows without reading files (`latest`
+    is the adapter's latest version, which a listing loads for all its rows at once)."""
     return {
         "_id": f"lorastack-{adapter.id}",
         "id": f"{adapter.owner.name}/{adapter.name}",
@@ -88,8 +88,7 @@ def model_info(adapter: Adapter, version: Version | None, *, card_data: dict | N
                blobs: bool) -> dict:
     """`GET /api/models/{repo}[/revision/{revision}]`: the summary plus the revision's
     commit, files and model card front matter."""
-    info = model_summary(adapter)
-    info["tags"] = repo_tags(adapter, version)
+    info = model_summary(adapter, version)
     if version is None:  # created, nothing published yet
         info.update(sha=None, siblings=[])
         return info

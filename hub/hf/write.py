@@ -2,9 +2,10 @@
 of upload_file / upload_folder / push_to_hub, and refusals of what would rewrite history.
 
 Every file is answered as a "regular" upload: its bytes come base64-encoded in the commit
-body, which the hub decodes to disk as it streams in (hub.hf.ndjson). huggingface_hub 2.x
-sends "lfs" files through Xet whenever hf_xet is installed, with no way for a server to
-decline it, and this hub does not speak Xet; regular uploads work with every client.
+body, which the hub decodes to disk as it streams in (hub.hf.ndjson). The pinned
+huggingface_hub client sends "lfs" files through Xet whenever hf_xet is installed, with no
+way for a server to decline it, and this hub does not speak Xet; regular uploads work with
+every client.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from hub.hf import hf
 from hub.hf.auth import current_principal
 from hub.hf.ndjson import parse_commit
 from hub.runtime import current_hub
-from hub.services.access import require_owner
+from hub.services.access import require_owner, require_writer
 from hub.services.commit_publish import IMMUTABLE, create_adapter, publish_commit
 from hub.services.commits import MAIN, version_commit
 from hub.services.publish import Upload
@@ -31,13 +32,14 @@ def create_repo():
     body = _json()
     if body.get("type", "model") != "model":
         raise InvalidRequest("This hub holds models (LoRA adapters) only.")
-    owner = body.get("organization") or _caller_name()
+    principal = require_writer(current_principal())  # before the owner it names by default
+    owner = body.get("organization") or principal.name
     name = body.get("name")
     if not isinstance(name, str) or not isinstance(owner, str):
         raise InvalidRequest("Send {'name': <adapter name>, 'organization': <owner>}.")
     private = body.get("visibility") == "private" or body.get("private") is True
     with current_hub().db.session() as session:
-        adapter, created = create_adapter(session, current_principal(), owner, name, private)
+        adapter, created = create_adapter(session, principal, owner, name, private)
         repo = f"{adapter.owner.name}/{adapter.name}"
     url = f"{request.host_url}{repo}"
     if not created:
@@ -141,11 +143,6 @@ def _require_writer(owner: str, revision: str) -> None:
         raise InvalidRequest(f"Commit to `main` (not {revision!r}): each commit publishes a"
                              " new version, labelled by the README's `version:` or the next"
                              " integer.")
-
-
-def _caller_name() -> str:
-    principal = current_principal()
-    return principal.name if principal is not None else ""
 
 
 def _json() -> dict:

@@ -321,7 +321,8 @@ def search_adapters(session: Session, principal: Principal | None,
 
 #: How many adapters, by downloads, the top-score shortcut looks through...
 DENSE_WINDOW = 1000
-#: ... when a search has at least this many matches (fewer are ranked faster than that).
+#: ... when a search has at least this many matches (a smaller set is ranked in full:
+#: ranking all of it costs less than the shortcut's look-up).
 DENSE_MATCHES = 2000
 
 
@@ -357,6 +358,18 @@ def _top_score_page(principal: Principal | None, query: Query, terms: Terms, aft
             .where(search.in_names(terms, window.c.search_name))
             .order_by(window.c.downloads.desc(), window.c.id.desc()))
     return page.limit(query.limit + 1).subquery()
+
+
+def latest_versions(session: Session, adapters: list[Adapter]) -> dict[int, Version]:
+    """The latest version of each listed adapter (by its `latest_label`), in one query:
+    a listing loads no versions."""
+    labels = {adapter.id: adapter.latest_label for adapter in adapters
+              if adapter.latest_label is not None}
+    if not labels:
+        return {}
+    rows = session.scalars(select(Version).where(
+        tuple_(Version.adapter_id, Version.label).in_(list(labels.items()))))
+    return {version.adapter_id: version for version in rows}
 
 
 def _load_page(session: Session, page, keys: int, descending: bool) -> list:

@@ -19,10 +19,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hub.errors import InvalidName, InvalidRequest, NotFound, UnknownLicense, VersionExists
-from hub.formats.readme import DEFAULT_MAX_README_BYTES, parse_readme
+from hub.formats.readme import (DEFAULT_MAX_README_BYTES, ReadmeInfo, front_matter_scalar,
+                                parse_readme)
 from hub.models import Adapter, User, Version, utcnow
 from hub.services.access import require_owner
 from hub.services.accounts import Principal
@@ -50,8 +52,7 @@ def create_adapter(session: Session, principal: Principal | None, owner: str, na
     owner_row = session.scalar(select(User).where(User.name == owner))
     if owner_row is None:
         raise NotFound(f"No user named {owner!r}.")
-    adapter = session.scalar(select(Adapter).where(Adapter.owner_id == owner_row.id,
-                                                   Adapter.name == name))
+    adapter = _adapter_named(session, owner_row.id, name)
     if adapter is not None:
         return adapter, False
     check_adapter_name_free(session, owner_row.id, owner_row.name, name)
@@ -59,8 +60,24 @@ def create_adapter(session: Session, principal: Principal | None, owner: str, na
     adapter = Adapter(owner=owner_row, name=name, visibility="private" if private else "public",
                       created_at=now, updated_at=now, downloads=0, description="")
     session.add(adapter)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:
+        # Another create_repo made it (or a look-alike) since the check above: answer what
+        # it committed (the session holds nothing else of ours).
+        session.rollback()
+        owner_id = session.scalar(select(User.id).where(User.name == owner))
+        adapter = _adapter_named(session, owner_id, name)
+        if adapter is None:
+            check_adapter_name_free(session, owner_id, owner, name)
+            raise
+        return adapter, False
     return adapter, True
+
+
+def _adapter_named(session: Session, owner_id: int, name: str) -> Adapter | None:
+    return session.scalar(select(Adapter).where(Adapter.owner_id == owner_id,
+                                                Adapter.name == name))
 
 
 def publish_commit(session: Session, store: BlobStore, principal: Principal | None,
@@ -84,15 +101,16 @@ def publish_commit(session: Session, store: BlobStore, principal: Principal | No
         uploads = list(files.values())
         if base is not None and fingerprint(uploads) == base.fingerprint:
             return PublishResult(adapter, base, False)
-        front = _front_matter(files.get("README.md"))
-        named = front if any(upload.name == "README.md" for upload in added) else {}
+        readme = _readme(files.get("README.md"))
+        front = readme.front_matter if readme is not None else {}
+        named = readme if any(upload.name == "README.md" for upload in added) else None
         label = _label(named, adapter)
         choice = _license(front, adapter, base, owner, name)
         try:
             return publish_version(session, store, principal, owner, name, label, uploads,
                                    choice, Metadata())
         except VersionExists as exc:
-            if named.get("version") is not None:
+            if named is not None and named.front_matter.get("version") is not None:
                 raise VersionExists(f"{exc.detail} Change `version:` in the README's front"
                                     " matter (or remove it: the next integer is used).") from None
             # The next integer was free when read: another commit published it since.
@@ -112,16 +130,20 @@ def _carried(store: BlobStore, file, tmp_dir: Path, cleanup: ExitStack) -> Uploa
     return Upload(name=file.path, path=Path(local), size=file.size, sha256=file.sha256)
 
 
-def _front_matter(readme: Upload | None) -> dict:
+def _readme(readme: Upload | None) -> ReadmeInfo | None:
     if readme is None or readme.size > DEFAULT_MAX_README_BYTES:
-        return {}  # publish_version refuses a README too large, with its own message
-    return parse_readme(Path(readme.path).read_bytes()).front_matter
+        return None  # publish_version refuses a README too large, with its own message
+    return parse_readme(Path(readme.path).read_bytes())
 
 
-def _label(front: dict, adapter: Adapter | None) -> str:
+def _label(readme: ReadmeInfo | None, adapter: Adapter | None) -> str:
     """The front matter's `version:`, else the next integer after the adapter's largest."""
-    given = front.get("version")
-    if isinstance(given, (str, int, float)) and not isinstance(given, bool) and str(given):
+    given = readme.front_matter.get("version") if readme is not None else None
+    if isinstance(given, (int, float)) and not isinstance(given, bool):
+        # YAML reads a bare `1.10` as the float 1.1 and `012` as octal 10: the label is
+        # the text the author wrote.
+        given = front_matter_scalar(readme.text, "version")
+    if isinstance(given, str) and given:
         return str(given)
     if given is not None:
         raise InvalidName("The README's `version:` must be a version label, like 1.0.0.")
