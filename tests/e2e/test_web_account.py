@@ -479,3 +479,21 @@ def test_an_upload_over_the_limit_is_413_beside_the_files(settings, make_account
         assert script.status_code == 413 and script.get_json()["code"] == "file_too_large"
     finally:
         app.extensions["lorastack"].close()
+
+
+@pytest.mark.parametrize("content_type, body", [
+    ("multipart/form-data", b"name=alice"),  # no boundary
+    ("multipart/form-data; boundary=x", b"--x\r\nnot a header\r\n\r\n"),  # a garbled part
+])
+def test_a_form_that_is_not_valid_multipart_is_a_400_page_never_a_500(client, make_account,
+                                                                      content_type, body):
+    make_account("alice")
+    for path in ("/signin", "/settings/tokens"):
+        response = client.post(path, data=body, content_type=content_type, headers=BROWSER)
+        assert response.status_code == 400, (path, response.status_code)
+        assert response.mimetype == "text/html"
+        assert "not valid multipart/form-data" in response.get_data(as_text=True)
+    sign_in(client, "alice")
+    response = client.post("/new", data=body, content_type=content_type,
+                           headers={**BROWSER, "X-CSRF-Token": csrf_of(client, "/new")})
+    assert response.status_code == 400, response.status_code
