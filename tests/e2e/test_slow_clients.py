@@ -130,30 +130,56 @@ def test_a_large_json_body_or_an_anonymous_upload_is_refused_before_it_is_sent(h
     assert status == 401 and json.loads(body)["code"] == "unauthorized"
     assert headers["www-authenticate"].startswith("Bearer")
     status, _, body = _raw(port, b"POST /api/v1/adapters/alice/x/versions HTTP/1.1\r\n"
-                                 b"Host: x\r\nAuthorization: Bearer lsk_x\r\n"
-                                 b"Content-Length: %d\r\n\r\n" % (11 * 1024 ** 3))
+                                 b"Host: x\r\nAuthorization: Bearer %s\r\n"
+                                 b"Content-Length: %d\r\n\r\n"
+                                 % (hub["token"].encode(), 11 * 1024 ** 3))
     assert status == 413 and json.loads(body)["code"] == "file_too_large"
 
 
+def _signed_session(secret_key: str, data: dict) -> str:
+    """A sign-in cookie's value as the hub signs it (Flask's session with its secret key)."""
+    from flask import Flask
+
+    app = Flask("signer")
+    app.secret_key = secret_key
+    return app.session_interface.get_signing_serializer(app).dumps(data)
+
+
 def test_the_hf_commit_and_the_publish_page_take_large_bodies_from_a_named_caller(hub):
-    """The server's gate knows every large-body route: an HF commit with a token and a
-    publish-page upload with the sign-in cookie reach the app (which then checks them);
-    the same upload with no cookie is refused from its headers."""
+    """The server's gate knows every large-body route: an HF commit with a token of the hub's
+    form and a publish-page upload with a sign-in cookie the hub signed reach the app (which
+    then checks them); a made-up header or cookie is refused from the headers."""
     port, body = hub["port"], b"x" * (3 * MiB)
 
-    def post(path: str, headers: bytes) -> tuple[int, dict, bytes]:
+    def post(path: str, headers: bytes, *, send_body: bool = True) -> tuple[int, dict, bytes]:
+        # A refusal comes before the body: only the headers are sent, and it still answers.
         return _raw(port, b"POST %s HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n%s"
-                    % (path, headers, len(body), body))
+                    % (path, headers, len(body), body if send_body else b""))
 
-    status, headers, answer = post(b"/api/models/alice/absent/commit/main",
-                                   b"Authorization: Bearer %s\r\nContent-Type:"
-                                   b" application/x-ndjson\r\n" % hub["token"].encode())
+    commit = b"/api/models/alice/absent/commit/main"
+    ndjson = b"Content-Type: application/x-ndjson\r\n"
+    token = b"Authorization: Bearer %s\r\n" % hub["token"].encode()
+    status, headers, answer = post(commit, token + ndjson)
     # The protocol's own answer to the body (the Hub's error style), not the gate's.
     assert headers["content-type"] == "application/json" and "error" in json.loads(answer)
+    for header in (b"Bearer lst_x", b"Bearer " + b"x" * 47, b"Basic " + hub["token"].encode(),
+                   b"anything"):
+        status, headers, answer = post(commit, b"Authorization: %s\r\n" % header + ndjson,
+                                       send_body=False)
+        assert status == 401 and json.loads(answer)["code"] == "unauthorized", header
+
     form = b"Content-Type: multipart/form-data; boundary=b\r\n"
-    status, headers, _ = post(b"/new", form + b"Cookie: lorastack_session=stale\r\n")
+    signed = _signed_session("t", {"uid": 1, "stamp": "stale"}).encode()
+    status, headers, _ = post(b"/new", form + b"Cookie: theme=dark; lorastack_session=%s\r\n"
+                              % signed)
     assert status != 401 and headers["content-type"].startswith("text/html")
-    status, _, answer = post(b"/new", form)
+    for cookie in (b"lorastack_session=stale",  # any value
+                   b"xlorastack_session=" + signed,  # another cookie's name
+                   b"lorastack_session=" + _signed_session("other key", {"uid": 1}).encode(),
+                   b"lorastack_session=" + _signed_session("t", {"csrf": "c"}).encode()):
+        status, _, answer = post(b"/new", form + b"Cookie: %s\r\n" % cookie, send_body=False)
+        assert status == 401 and json.loads(answer)["code"] == "unauthorized", cookie
+    status, _, answer = post(b"/new", form, send_body=False)
     assert status == 401 and json.loads(answer)["code"] == "unauthorized"
 
 
