@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from typing import Any
@@ -57,6 +58,8 @@ IDLE_TIMEOUT = 60
 CONNECTIONS = 1000
 #: Bytes read from a socket at once: large uploads arrive in fewer loop turns.
 RECV_BYTES = 256 * 1024
+#: What the access log escapes in a request target (C0, DEL and C1 controls).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def default_workers() -> int:
@@ -261,7 +264,9 @@ class LoggedTask(WSGITask):
         request = self.request
         request_id = next((v for k, v in self.response_headers if k.lower() == "x-request-id"),
                           "-")
-        target = request.path + (f"?{request.query}" if request.query else "")
+        # The target as the client sent it (still percent-encoded), its control characters
+        # escaped: a decoded %0d%0a would end the line and let a caller write the next one.
+        target = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", request.request_uri)
         self.access_log.info('%s "%s %s HTTP/%s" %s %sB %dms id=%s', self.channel.addr[0],
                              request.command, target, request.version,
                              (self.status or "-").split(" ")[0], self.content_bytes_written,

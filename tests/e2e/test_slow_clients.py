@@ -353,3 +353,53 @@ def test_a_chunked_publish_is_spooled_and_a_chunked_json_body_stops_at_its_limit
                                       "Content-Type": "application/json"})
     assert too_big.status_code == 413, too_big.text
     assert too_big.json()["code"] == "invalid_request"
+
+
+def test_the_access_log_line_shows_the_raw_target_and_no_caller_can_forge_a_line(tmp_path):
+    import logging
+    from types import SimpleNamespace
+
+    from flask import Flask
+
+    from hub.cli import serving
+
+    app = Flask("probe")
+    app.add_url_rule("/<path:anything>", "any", lambda anything: "ok")
+    (tmp_path / "tmp").mkdir()
+    gate = serving.BodyGate(app, SimpleNamespace(max_json_bytes=MiB, max_upload_bytes=MiB,
+                                                 data_dir=tmp_path))
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    access_log = logging.getLogger("test.access")
+    access_log.propagate, access_log.level = False, logging.INFO
+    access_log.addHandler(Collect())
+    listener = socket.create_server(("127.0.0.1", 0))
+    servers, socket_map = serving.make_servers(app, gate, [listener], threads=2,
+                                               access_log=access_log)
+    from waitress import wasyncore
+
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: [wasyncore.loop(timeout=0.2, map=socket_map,
+                                                             use_poll=True, count=1)
+                                              for _ in iter(stop.is_set, True)])
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        for target in (b"/%0d%0a127.0.0.1%20%22GET%20/admin%20HTTP/1.1%22%20200",
+                       b"/a%1b[31mred?q=%0a\x1b[0m"):
+            assert _raw(port, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target)[0] in (200, 404)
+    finally:
+        stop.set()
+        thread.join()
+        for server in servers:
+            server.close()
+        servers[0].task_dispatcher.shutdown()
+    assert len(lines) == 2, lines
+    for line in lines:
+        assert "\n" not in line and "\r" not in line and "\x1b" not in line, line
+    assert '"GET /%0d%0a127.0.0.1%20%22GET%20/admin' in lines[0], lines[0]
+    assert "/a%1b[31mred?q=%0a\\x1b[0m" in lines[1], lines[1]
