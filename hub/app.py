@@ -107,9 +107,9 @@ def build_app(settings: Settings | None = None) -> Flask:
 
 def _register_error_handlers(app: Flask, renderers: list[tuple[str, Renderer]]) -> None:
     """Every failure becomes a HubError, rendered by the surface whose path it reached."""
-    from hub.api.problems import caller_safe, problem
+    from hub.api.problems import api_safe, problem
     from hub.api.uploads import MalformedForm
-    from hub.web.errors import error_page
+    from hub.web.errors import error_page, web_safe
 
     def render(error: HubError) -> Response:
         path = request.path
@@ -123,7 +123,7 @@ def _register_error_handlers(app: Flask, renderers: list[tuple[str, Renderer]]) 
 
     @app.errorhandler(HubError)
     def _hub_error(error: HubError):
-        return render(caller_safe(error))
+        return render(web_safe(error) if request.blueprint == "web" else api_safe(error))
 
     @app.errorhandler(MalformedForm)
     def _malformed_form(error: MalformedForm):

@@ -18,6 +18,7 @@ from hub.services import accounts
 from hub.services.names import name_key
 from hub.web import bp
 from hub.web.csrf import check_csrf, csrf_token, new_token
+from hub.web.errors import web_safe
 
 SESSION_LIFETIME = timedelta(days=14)
 WRONG_SIGN_IN = "Wrong name or password."
@@ -145,7 +146,7 @@ def signup():
         except InvalidRequest as error:
             errors["password"] = error.detail
         except HubError as error:  # invalid_name, user_exists
-            errors["name"] = error.detail
+            errors["name"] = web_safe(error).detail
     if errors:
         return render_template("account/signup.html", name=name, errors=errors,
                                rule=accounts.PASSWORD_RULE), 400

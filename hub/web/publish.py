@@ -23,6 +23,7 @@ from hub.services.names import check_adapter_name, check_version_label, parse_me
 from hub.services.publish import LicenseChoice, Upload, publish_version
 from hub.web import bp
 from hub.web.account import sign_in_redirect
+from hub.web.errors import web_safe
 
 #: Which field of the form an error of the publish service concerns, by its code; an
 #: error whose field is not known is shown above the form.
@@ -110,6 +111,7 @@ def publish():
             adapter_id = f"{result.adapter.owner.name}/{result.adapter.name}"
             label, size = result.version.label, result.version.size_bytes
     except HubError as error:
+        error = web_safe(error)
         where = FIELD_OF_CODE.get(error.code, FORM)
         if where == "files" and not error.detail.startswith(error.title):
             # The file checks speak of the bytes ("header length is 0"): say which check.
