@@ -29,9 +29,7 @@ def script_problem(error: HubError, **extra) -> Response:
     response = jsonify({**error.to_problem(), **extra})
     response.status_code = error.status
     response.mimetype = "application/problem+json"
-    # Retry-After, not WWW-Authenticate: a page signs in with its form, not a bearer token.
-    response.headers.update({key: value for key, value in error.headers().items()
-                             if key != "WWW-Authenticate"})
+    response.headers.update(_page_headers(error))
     return response
 
 
@@ -47,4 +45,12 @@ def error_page(error: HubError) -> Response:
         body = (f"<!doctype html><html lang=en><meta charset=utf-8><title>{error.status}"
                 f" {escape(error.title)} · lorastack</title><h1>{escape(error.title)}</h1>"
                 f"<p>{escape(error.detail)}</p><p><code>{escape(error.code)}</code></p>")
-    return Response(body, status=error.status, mimetype="text/html")
+    response = Response(body, status=error.status, mimetype="text/html")
+    response.headers.update(_page_headers(error))
+    return response
+
+
+def _page_headers(error: HubError) -> dict[str, str]:
+    # Retry-After (429, 503); not WWW-Authenticate: the pages sign in with a form, not a
+    # bearer token.
+    return {key: value for key, value in error.headers().items() if key != "WWW-Authenticate"}
