@@ -1,13 +1,14 @@
 """The production HTTP server: gunicorn's arbiter runs the processes, waitress reads requests.
 
 Why this pair. gunicorn's own workers hand a connection to a thread as soon as it is
-readable, and the thread then waits on the socket: a few hundred clients that send half a
-header, or a short body under a larger Content-Length, hold every thread and the hub stops
-answering. waitress reads each request, headers and body, in one event loop, and gives it
-to a thread only once it is complete; a body above a few hundred KB is spooled to a file
-under DATA_DIR/tmp on the way (unlinked at once, so a crash leaves nothing). A slow or
-idle client costs a socket and a small buffer, never a thread. gunicorn's arbiter is kept
-for what it does well: one process per core, restarts, signals, graceful stops.
+readable, and the thread then waits on the socket: as many clients as there are threads,
+each sending half a header or a short body under a larger Content-Length, hold every thread
+and the hub stops answering. waitress reads each request, headers and body, in one event
+loop, and gives it to a thread only once it is complete; a body larger than waitress's
+in-memory buffer (inbuf_overflow) is spooled to a file under DATA_DIR/tmp on the way
+(unlinked at once, so a crash leaves nothing). A slow or idle client costs a socket and a
+small buffer, never a thread. gunicorn's arbiter is kept for what it does well: one
+process per core, restarts, signals, graceful stops.
 
 What it costs: a publish is written to disk twice (waitress's spool, then the hashed upload
 file), and an upload's body arrives in full before the app sees the caller; so the limits

@@ -7,7 +7,6 @@ page posts normally and comes back with the errors beside their fields.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -19,7 +18,8 @@ from hub.formats.names import ALLOWED_FILES, REQUIRED_FILES, check_file_name
 from hub.licenses import OTHER, get_license, list_licenses, validate_license_fields
 from hub.runtime import current_hub
 from hub.services.accounts import web_principal
-from hub.services.names import check_adapter_name, check_version_label, parse_metadata
+from hub.services.names import (check_adapter_name, check_version_label, parse_metadata,
+                                split_tags)
 from hub.services.publish import LicenseChoice, Upload, publish_version
 from hub.web import bp
 from hub.web.account import sign_in_redirect
@@ -42,7 +42,6 @@ FIELD_OF_CODE = {
     "file_too_large": "files",
 }
 FORM = "form"  # the key of an error about the form as a whole
-_TAG_SPLIT = re.compile(r"[,\s]+")
 
 
 @dataclass
@@ -80,7 +79,7 @@ class PublishForm:
 
     def tag_list(self) -> list[str]:
         """The tags typed as 'a, b c'."""
-        return [tag for tag in _TAG_SPLIT.split(self.tags) if tag]
+        return split_tags(self.tags)
 
     def license_choice(self) -> LicenseChoice:
         """The licence fields; the name and link only with `other` (they stay in the form,
