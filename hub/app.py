@@ -107,8 +107,9 @@ def build_app(settings: Settings | None = None) -> Flask:
 
 def _register_error_handlers(app: Flask, renderers: list[tuple[str, Renderer]]) -> None:
     """Every failure becomes a HubError, rendered by the surface whose path it reached."""
-    from hub.api.problems import caller_safe, problem
-    from hub.web.errors import error_page
+    from hub.api.problems import api_safe, problem
+    from hub.api.uploads import MalformedForm
+    from hub.web.errors import error_page, web_safe
 
     def render(error: HubError) -> Response:
         path = request.path
@@ -122,7 +123,13 @@ def _register_error_handlers(app: Flask, renderers: list[tuple[str, Renderer]]) 
 
     @app.errorhandler(HubError)
     def _hub_error(error: HubError):
-        return render(caller_safe(error))
+        return render(web_safe(error) if request.blueprint == "web" else api_safe(error))
+
+    @app.errorhandler(MalformedForm)
+    def _malformed_form(error: MalformedForm):
+        # Wherever a form is read (the CSRF check reads every page's): the sender's mistake.
+        return render(InvalidRequest(f"The body is not valid multipart/form-data: {error};"
+                                     " send the fields as multipart parts."))
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_error):

@@ -7,6 +7,10 @@ Hugging Face endpoint). API.md lists every code (a test keeps the two in step).
 """
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger("hub.errors")
+
 
 class HubError(Exception):
     """An error with a stable machine-readable `code`, an HTTP status and a detail.
@@ -55,6 +59,22 @@ class HubError(Exception):
         if self.status in (429, 503) and retry_after is not None:
             headers["Retry-After"] = str(int(retry_after))
         return headers
+
+
+def caller_safe(error: HubError, *, trusted: bool, request_id: str) -> HubError:
+    """The error as a caller may see it: one who is not `trusted` gets a 503 without its cause.
+
+    A 503's detail names internal hosts, ports, buckets and paths. It is logged with the
+    request id; a trusted caller (each surface says who: on the API a token issued by the
+    operator, on the pages an admin) still sees it in full.
+    """
+    if error.status != 503 or trusted:
+        return error
+    log.warning("%s for request %s: %s", error.code, request_id, error.detail)
+    safe = type(error)(f"{error.title}; try again later (the cause is in the server log"
+                       f" under request id {request_id}).", status=error.status, **error.extra)
+    safe.code, safe.title = error.code, error.title
+    return safe
 
 
 def error_from_problem(body: dict, status: int) -> HubError:

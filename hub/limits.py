@@ -1,5 +1,5 @@
 """Rate limits: failed authentications per address, failed sign-ins per name, writes per
-token (429 rate_limited).
+token and per signed-in user of the pages (429 rate_limited).
 
 Every surface counts against the same counters (a token guessed through the Hugging Face
 protocol or a password through the sign-in page spends the address's allowance as one sent
@@ -68,6 +68,14 @@ class Limits:
         if self._writes and not self._allowed(self._limiter.hit, self._writes, "write", key):
             raise self._refusal(self._writes, ("write", key), "Too many writes with this token")
 
+    def count_user_write(self, user_id: int) -> None:
+        """Count one write by the pages' signed-in user `user_id` (the pages send no token:
+        their user is the caller); 429 once past the same limit as a token's."""
+        key = f"user:{user_id}"
+        if self._writes and not self._allowed(self._limiter.hit, self._writes, "write", key):
+            raise self._refusal(self._writes, ("write", key),
+                                "Too many changes from your account")
+
     @staticmethod
     def _allowed(call, *args) -> bool:
         """The counter's answer; True (let through, logged) when its store cannot be reached:
@@ -102,6 +110,13 @@ def install_limits(app: Flask, settings: Settings) -> None:
             # A write is counted once its token is known good; a bad one counts as a failure.
             current_principal()
             limits.count_write(header.partition(" ")[2].strip())
+
+
+def count_signed_in_write(user_id: int) -> None:
+    """Count this request against the pages' signed-in user, if it is a write (called by the
+    pages once they know the user and the request has passed its CSRF check)."""
+    if request.method in WRITE_METHODS:
+        current_limits().count_user_write(user_id)
 
 
 def count_failed_authentication() -> None:

@@ -6,7 +6,7 @@ from flask import jsonify
 from hub import __version__
 from hub.api import api_v1
 from hub.api.auth import current_principal, require_principal
-from hub.api.problems import caller_safe
+from hub.api.problems import api_safe
 from hub.runtime import current_hub
 from hub.errors import HubError
 from hub.licenses import list_licenses
@@ -27,7 +27,7 @@ def health():
             check()
         except HubError as error:
             body[part] = "unavailable"
-            body[f"{part}_detail"] = caller_safe(error).detail
+            body[f"{part}_detail"] = api_safe(error).detail
             failed = failed or error
     if failed is not None:
         body.update(status="unavailable", code=failed.code)

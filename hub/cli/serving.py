@@ -1,27 +1,33 @@
 """The production HTTP server: gunicorn's arbiter runs the processes, waitress reads requests.
 
 Why this pair. gunicorn's own workers hand a connection to a thread as soon as it is
-readable, and the thread then waits on the socket: a few hundred clients that send half a
-header, or a short body under a larger Content-Length, hold every thread and the hub stops
-answering. waitress reads each request, headers and body, in one event loop, and gives it
-to a thread only once it is complete; a body above a few hundred KB is spooled to a file
-under DATA_DIR/tmp on the way (unlinked at once, so a crash leaves nothing). A slow or
-idle client costs a socket and a small buffer, never a thread. gunicorn's arbiter is kept
-for what it does well: one process per core, restarts, signals, graceful stops.
+readable, and the thread then waits on the socket: as many clients as there are threads,
+each sending half a header or a short body under a larger Content-Length, hold every thread
+and the hub stops answering. waitress reads each request, headers and body, in one event
+loop, and gives it to a thread only once it is complete; a body larger than waitress's
+in-memory buffer (inbuf_overflow) is spooled to a file under DATA_DIR/tmp on the way
+(unlinked at once, so a crash leaves nothing). A slow or idle client costs a socket and a
+small buffer, never a thread. gunicorn's arbiter is kept for what it does well: one
+process per core, restarts, signals, graceful stops.
 
 What it costs: a publish is written to disk twice (waitress's spool, then the hashed upload
 file), and an upload's body arrives in full before the app sees the caller; so the limits
 that need no database are applied here, from the request line and headers, before any
-body byte is read (hub.cli.serving.BodyGate): anonymous large bodies and large bodies to
-any route but the publish route are refused at once. The other alternatives were worse: an
-async worker (gevent) monkey-patches threads, and the inline merge worker's torch compute
-and psycopg's C waits would block its loop; an ASGI server with a WSGI adapter still
-parks a thread on a slow body.
+body byte is read (hub.cli.serving.BodyGate). A large body to any route but the upload
+routes is refused at once, and so is one whose headers carry neither a bearer token of the
+hub's form (its prefix and length) nor, on the publish page, a sign-in cookie signed by the
+app's secret key for a user. Whether that token exists, or that user still does, needs the
+database and waits for the route: a made-up string of a token's form still has its body
+spooled, up to LORASTACK_MAX_UPLOAD_BYTES, before its 401. The other alternatives were
+worse: an async worker (gevent) monkey-patches threads, and the inline merge worker's torch
+compute and psycopg's C waits would block its loop; an ASGI server with a WSGI adapter
+still parks a thread on a slow body.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from typing import Any
@@ -37,7 +43,7 @@ from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 from waitress.utilities import Error
 from werkzeug.exceptions import HTTPException
 
-from hub.bodies import UPLOAD_ENDPOINTS, shows_credentials
+from hub.bodies import UPLOAD_ENDPOINTS, session_check, shows_credentials
 from hub.errors import FileTooLarge, HubError, InvalidRequest, Unauthorized
 
 #: The request line's limit (as nginx's large_client_header_buffers): longer is 414.
@@ -53,6 +59,8 @@ IDLE_TIMEOUT = 60
 CONNECTIONS = 1000
 #: Bytes read from a socket at once: large uploads arrive in fewer loop turns.
 RECV_BYTES = 256 * 1024
+#: What the access log escapes in a request target (C0, DEL and C1 controls).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def default_workers() -> int:
@@ -99,10 +107,12 @@ def _as_problem(error: Error) -> ServerError:
 
 class BodyGate:
     """The limits a request meets before its body is read: which route may take a large body
-    (hub.bodies.UPLOAD_ENDPOINTS) and that an anonymous caller never may."""
+    (hub.bodies.UPLOAD_ENDPOINTS), and only from a caller whose headers carry a token of the
+    hub's form or a sign-in cookie the app signed (hub.bodies.shows_credentials)."""
 
     def __init__(self, app, settings) -> None:
         self._urls = app.url_map.bind("localhost")
+        self._signed_in = session_check(app)
         self.max_json = settings.max_json_bytes
         self.max_upload = settings.max_upload_bytes
         self.spool_dir = str(settings.data_dir / "tmp")
@@ -130,9 +140,14 @@ class BodyGate:
             return InvalidRequest(f"The body is larger than this hub accepts here ({limit}"
                                   " bytes; LORASTACK_MAX_JSON_BYTES): send a small JSON object.",
                                   status=413)
-        if not shows_credentials(headers, self.endpoint(method, path) or ""):
+        endpoint = self.endpoint(method, path) or ""
+        if not shows_credentials(headers, endpoint, self._signed_in):
+            if endpoint == "web.publish":
+                return Unauthorized("Sign in to publish from the page (your sign-in cookie is"
+                                    " missing, altered or expired).")
             return Unauthorized("Publishing needs a write token: send it as"
-                                " `Authorization: Bearer <token>`.")
+                                " `Authorization: Bearer <token>` (a token made by"
+                                " `lorastack tokens create` or the tokens page).")
         if length is not None and length > limit:
             return FileTooLarge(f"The upload is larger than this hub accepts ({limit} bytes;"
                                 " LORASTACK_MAX_UPLOAD_BYTES).")
@@ -250,7 +265,9 @@ class LoggedTask(WSGITask):
         request = self.request
         request_id = next((v for k, v in self.response_headers if k.lower() == "x-request-id"),
                           "-")
-        target = request.path + (f"?{request.query}" if request.query else "")
+        # The target as the client sent it (still percent-encoded), its control characters
+        # escaped: a decoded %0d%0a would end the line and let a caller write the next one.
+        target = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", request.request_uri)
         self.access_log.info('%s "%s %s HTTP/%s" %s %sB %dms id=%s', self.channel.addr[0],
                              request.command, target, request.version,
                              (self.status or "-").split(" ")[0], self.content_bytes_written,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import timedelta
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from hub.services.names import LOOK_ALIKE_RULE, check_user_name, name_key
 SCOPES = ("read", "write")
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 TOKEN_PREFIX = "lst_"
+#: Every token create_token makes: the prefix, then token_urlsafe(32)'s characters. The
+#: server's gate (hub.bodies) refuses a large body whose bearer header is not one.
+TOKEN_SHAPE = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}")
 # What is kept in clear to name a token (list, revoke): 8 random characters, 48 of its 256
 # bits, enough that one user's prefixes do not collide. Older tokens keep 4.
 SHOWN_PREFIX = len(TOKEN_PREFIX) + 8

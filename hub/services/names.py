@@ -97,6 +97,15 @@ def split_adapter_id(value: object) -> tuple[str, str] | None:
     return owner, name
 
 
+#: Where a tags field typed as one text ("a, b c") splits: commas and whitespace.
+_TAG_SEPARATORS = re.compile(r"[,\s]+")
+
+
+def split_tags(text: str) -> list[str]:
+    """The tags of a field typed as one text ("a, b c"), in order; check_tags checks them."""
+    return [tag for tag in _TAG_SEPARATORS.split(text) if tag]
+
+
 def check_tags(tags: object) -> list[str]:
     """A de-duplicated list of valid tags, or InvalidRequest."""
     if isinstance(tags, str):

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from flask import flash, g, redirect, render_template, request, session, url_for
 
-from hub.limits import current_limits
+from hub.limits import count_signed_in_write, current_limits
 from hub.bodies import SESSION_COOKIE, UPLOAD_ENDPOINTS
 from hub.errors import HubError, InvalidRequest, NotFound, RateLimited
 from hub.runtime import EXTENSION_KEY, current_hub
@@ -18,9 +18,13 @@ from hub.services import accounts
 from hub.services.names import name_key
 from hub.web import bp
 from hub.web.csrf import check_csrf, csrf_token, new_token
+from hub.web.errors import web_safe
 
 SESSION_LIFETIME = timedelta(days=14)
 WRONG_SIGN_IN = "Wrong name or password."
+#: Posts that change nothing (the merge builder's plan preview, sent on each edit of the
+#: form): not counted as writes.
+READS_SENT_AS_POST = frozenset({"web.merge_plan_json"})
 
 
 @bp.record_once
@@ -39,7 +43,8 @@ def _configure_sessions(state) -> None:
 @bp.before_request
 def _before_page() -> None:
     """Who is signed in, then the CSRF check of every unsafe request (in that order: the
-    check may read the form, which for a signed-in user's upload may be large)."""
+    check may read the form, which for a signed-in user's upload may be large), then the
+    user's writes counted (after the check: another site's forged posts spend nothing)."""
     g.web_user = _signed_in_user()
     if request.endpoint in UPLOAD_ENDPOINTS:
         # Only for someone signed in: no one else gets a multi-GB body parsed.
@@ -47,6 +52,8 @@ def _before_page() -> None:
         request.max_content_length = (settings.max_upload_bytes if g.web_user is not None
                                       else settings.max_json_bytes)
     check_csrf()
+    if g.web_user is not None and request.endpoint not in READS_SENT_AS_POST:
+        count_signed_in_write(g.web_user.id)
 
 
 def _signed_in_user():
@@ -145,7 +152,7 @@ def signup():
         except InvalidRequest as error:
             errors["password"] = error.detail
         except HubError as error:  # invalid_name, user_exists
-            errors["name"] = error.detail
+            errors["name"] = web_safe(error).detail
     if errors:
         return render_template("account/signup.html", name=name, errors=errors,
                                rule=accounts.PASSWORD_RULE), 400

@@ -4,7 +4,6 @@ as the API's PATCH and yank routes."""
 from __future__ import annotations
 
 import logging
-import re
 from urllib.parse import quote, urlencode
 
 from flask import flash, redirect, render_template, request, url_for
@@ -15,7 +14,7 @@ from hub.licenses import list_licenses
 from hub.runtime import current_hub
 from hub.services import browse, catalog
 from hub.services.access import may_change
-from hub.services.names import VISIBILITIES, check_adapter_name, check_user_name
+from hub.services.names import VISIBILITIES, check_adapter_name, check_user_name, split_tags
 from hub.services.shapes import adapter_summary, latest_version, version_view
 from hub.web import bp, viewer
 from hub.web.account import sign_in_redirect
@@ -27,8 +26,6 @@ PAGE_ARGS = (*FILTERS, "sort", "limit", "cursor")
 SORT_LABELS = {"relevance": "Best match", "downloads": "Most downloaded", "created": "Newest",
                "updated": "Recently updated", "name": "Name"}
 PAGE_SIZE = 20
-#: The tags field of the edit form, typed as "a, b c".
-TAG_SPLIT = re.compile(r"[,\s]+")
 
 log = logging.getLogger("hub.web")
 
@@ -160,7 +157,7 @@ def unyank_version(owner: str, name: str, version: str):
 def edit_adapter(owner: str, name: str):
     """Change the description, tags and visibility (its owner or an admin)."""
     changes = {"description": request.form.get("description", "").replace("\r\n", "\n"),
-               "tags": [tag for tag in TAG_SPLIT.split(request.form.get("tags", "")) if tag],
+               "tags": split_tags(request.form.get("tags", "")),
                "visibility": request.form.get("visibility") or None}
     shown = request.form.get("version") or None
     return _change(owner, name, shown, "Saved.",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from flask import g, jsonify, redirect, render_template, request, url_for
 
-from hub.errors import HubError, NotFound
+from hub.errors import HubError, InvalidMerge, InvalidRequest, NotFound, Unauthorized
 from hub.merge.spec import DENSE_METHODS, METHODS
 from hub.runtime import current_hub
 from hub.services import catalog, merges
@@ -23,6 +23,7 @@ from hub.services.merge_plan import parse_merge_request, plan_merge, plan_view
 from hub.services.names import split_adapter_id
 from hub.web import bp, viewer
 from hub.web.account import sign_in_redirect
+from hub.web.errors import script_problem as problem, web_safe
 
 METHOD_LABELS = {"linear": "Linear (weighted sum)", "ties": "TIES",
                  "dare_linear": "DARE linear", "dare_ties": "DARE TIES",
@@ -147,14 +148,15 @@ def merge_plan_json():
     """The plan of the posted builder form, for the page's script: the plan and its HTML,
     or the errors by field (problem+json)."""
     if g.web_user is None:
-        return problem(401, "unauthorized", "Sign in to plan a merge.")
+        return problem(Unauthorized("Sign in to plan a merge."))
     form = BuilderForm.from_values(request.form)
     plan, errors = _plan(form)
     shown = _shown(errors)
     html = render_template("merge/_plan.html", plan=plan, errors=shown)
     if errors:
-        return problem(_status_of(errors), errors.get("_code", "invalid_merge"),
-                        next(iter(shown.values())), errors=shown, html=html)
+        first = HubError.by_code.get(errors.get("_code", ""), InvalidMerge)
+        return problem(first(next(iter(shown.values())), status=_status_of(errors)),
+                       errors=shown, html=html)
     return jsonify({"plan": plan, "errors": {}, "html": html})
 
 
@@ -162,7 +164,7 @@ def merge_plan_json():
 def merge_suggest():
     """Adapters the user may see whose name matches `q`; with `base_model`, only those."""
     if g.web_user is None:
-        return problem(401, "unauthorized", "Sign in to build a merge.")
+        return problem(Unauthorized("Sign in to build a merge."))
     query = {"limit": str(SUGGESTIONS)}
     for key, arg in (("search", "q"), ("base_model", "base_model")):
         if request.args.get(arg, "").strip():
@@ -175,7 +177,7 @@ def merge_suggest():
                       "license": row.license, "latest_version": row.latest_label}
                      for row in rows]
     except HubError as error:
-        return problem(error.status, error.code, error.detail)
+        return problem(error)
     return jsonify({"items": [item for item in items if item["latest_version"]]})
 
 
@@ -183,10 +185,10 @@ def merge_suggest():
 def merge_versions():
     """The versions of one adapter the user may see, newest first, yanked ones marked."""
     if g.web_user is None:
-        return problem(401, "unauthorized", "Sign in to build a merge.")
+        return problem(Unauthorized("Sign in to build a merge."))
     parts = split_adapter_id(request.args.get("adapter", ""))
     if parts is None:
-        return problem(400, "invalid_request", "'adapter' must be owner/name.")
+        return problem(InvalidRequest("'adapter' must be owner/name."))
     try:
         with current_hub().db.session() as session:
             adapter = catalog.get_adapter(session, viewer(), *parts)
@@ -194,7 +196,7 @@ def merge_versions():
                     "versions": [{"version": v.label, "yanked": v.yanked}
                                  for v in adapter.versions]}
     except HubError as error:
-        return problem(error.status, error.code, error.detail)
+        return problem(error)
     return jsonify(body)
 
 
@@ -232,6 +234,7 @@ def _submit(body: dict) -> str:
 def _placed(error: HubError, form: BuilderForm) -> dict[str, str]:
     """A service's refusal beside the field it concerns, else at the top of the form; with
     its status and code under the keys `_status` and `_code`."""
+    error = web_safe(error)
     return {_field_of(error, form): error.detail, "_status": str(error.status),
             "_code": error.code}
 
@@ -299,15 +302,6 @@ def _status_of(errors: dict[str, str]) -> int:
 def _shown(errors: dict[str, str]) -> dict[str, str]:
     """The messages by field, without the status and code kept beside them."""
     return {key: value for key, value in errors.items() if not key.startswith("_")}
-
-
-def problem(status: int, code: str, detail: str, **extra):
-    """problem+json for the pages' scripts (the web surface renders HTML otherwise)."""
-    response = jsonify({"title": code.replace("_", " ").capitalize(), "status": status,
-                        "detail": detail, "code": code, **extra})
-    response.status_code = status
-    response.mimetype = "application/problem+json"
-    return response
 
 
 def _builder(form: BuilderForm, plan: dict | None, errors: dict[str, str]):

@@ -10,14 +10,14 @@ from urllib.parse import quote
 
 from flask import g, jsonify, redirect, render_template, request, send_file, url_for
 
-from hub.errors import HubError
+from hub.errors import HubError, Unauthorized
 from hub.licenses import OTHER
 from hub.runtime import current_hub
 from hub.services import merges
 from hub.services.shapes import merge_view
 from hub.web import bp, viewer
 from hub.web.account import sign_in_redirect
-from hub.web.merge import problem
+from hub.web.errors import script_problem as problem, web_safe
 
 ACTIVE = ("queued", "running")
 PRIVATE = "private, no-store"
@@ -52,11 +52,11 @@ def merge_page(merge_id: str):
 def merge_status(merge_id: str):
     """The merge as the API shows it, for the page's script to poll."""
     if g.web_user is None:
-        return problem(401, "unauthorized", "Sign in to see your merges.")
+        return problem(Unauthorized("Sign in to see your merges."))
     try:
         return jsonify(_view(merge_id))
     except HubError as error:
-        return problem(error.status, error.code, error.detail)
+        return problem(error)
 
 
 @bp.post("/merges/<merge_id>/cancel")
@@ -94,6 +94,7 @@ def merge_publish(merge_id: str):
             owner, name = result.adapter.owner.name, result.adapter.name
             label = result.version.label
     except HubError as error:
+        error = web_safe(error)
         where = PUBLISH_FIELD_OF_CODE.get(error.code)
         if where is None and "license_link" in error.detail:
             where = "license_link"

@@ -7,7 +7,6 @@ page posts normally and comes back with the errors beside their fields.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -19,10 +18,12 @@ from hub.formats.names import ALLOWED_FILES, REQUIRED_FILES, check_file_name
 from hub.licenses import OTHER, get_license, list_licenses, validate_license_fields
 from hub.runtime import current_hub
 from hub.services.accounts import web_principal
-from hub.services.names import check_adapter_name, check_version_label, parse_metadata
+from hub.services.names import (check_adapter_name, check_version_label, parse_metadata,
+                                split_tags)
 from hub.services.publish import LicenseChoice, Upload, publish_version
 from hub.web import bp
 from hub.web.account import sign_in_redirect
+from hub.web.errors import web_safe
 
 #: Which field of the form an error of the publish service concerns, by its code; an
 #: error whose field is not known is shown above the form.
@@ -41,7 +42,6 @@ FIELD_OF_CODE = {
     "file_too_large": "files",
 }
 FORM = "form"  # the key of an error about the form as a whole
-_TAG_SPLIT = re.compile(r"[,\s]+")
 
 
 @dataclass
@@ -79,7 +79,7 @@ class PublishForm:
 
     def tag_list(self) -> list[str]:
         """The tags typed as 'a, b c'."""
-        return [tag for tag in _TAG_SPLIT.split(self.tags) if tag]
+        return split_tags(self.tags)
 
     def license_choice(self) -> LicenseChoice:
         """The licence fields; the name and link only with `other` (they stay in the form,
@@ -110,6 +110,7 @@ def publish():
             adapter_id = f"{result.adapter.owner.name}/{result.adapter.name}"
             label, size = result.version.label, result.version.size_bytes
     except HubError as error:
+        error = web_safe(error)
         where = FIELD_OF_CODE.get(error.code, FORM)
         if where == "files" and not error.detail.startswith(error.title):
             # The file checks speak of the bytes ("header length is 0"): say which check.

@@ -151,3 +151,42 @@ def test_without_trusted_proxies_x_forwarded_for_is_ignored(settings):
     client = create_app(settings).test_client()
     statuses = [_bad_tokens_via(client, 1, f"192.0.2.{i}")[0] for i in range(FAILURES + 1)]
     assert statuses[-1] == 429, statuses  # one count: the peer's, whatever the header says
+
+
+def test_a_signed_in_users_writes_on_the_pages_count_against_the_same_limit(app, make_user):
+    import re
+
+    from hub.services.accounts import set_password
+
+    browser = {"Accept": "text/html"}
+
+    def signed_in(name: str):
+        make_user(name)
+        with app.extensions["lorastack"].db.session() as session:
+            set_password(session, name, "correct horse battery")
+        client = app.test_client()
+
+        def csrf() -> str:
+            page = client.get("/settings/tokens", headers=browser).get_data(as_text=True)
+            return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+        page = client.get("/signin", headers=browser).get_data(as_text=True)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        assert client.post("/signin", headers=browser, data={
+            "name": name, "password": "correct horse battery", "csrf_token": token,
+        }).status_code == 303
+        return client, csrf()
+
+    alice, csrf = signed_in("alice")
+    created = [alice.post("/settings/tokens", headers=browser,
+                          data={"scope": "read", "csrf_token": csrf}) for _ in range(WRITES + 1)]
+    assert [r.status_code for r in created[:WRITES]] == [201] * WRITES
+    refused = created[-1]
+    assert refused.status_code == 429 and refused.mimetype == "text/html"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60, dict(refused.headers)
+    assert "Too many" in refused.get_data(as_text=True)
+    # Reading still works; the limit is alice's: bob writes on.
+    assert alice.get("/settings/tokens", headers=browser).status_code == 200
+    bob, bob_csrf = signed_in("bob")
+    assert bob.post("/settings/tokens", headers=browser,
+                    data={"scope": "read", "csrf_token": bob_csrf}).status_code == 201

@@ -144,3 +144,21 @@ def test_a_body_that_is_not_valid_multipart_is_reported_as_such(client, make_use
         response = client.post(url, data=body, content_type=content_type, headers=auth(alice))
         problem = assert_problem(response, 400, "invalid_request")
         assert "not valid multipart" in problem["detail"], (body[:20], problem["detail"])
+
+
+@pytest.mark.parametrize("content_type, body", [
+    ("multipart/form-data", b"version=1"),
+    ("multipart/form-data; boundary=x", b"--x\r\nnot a header\r\n\r\n"),
+])
+def test_a_malformed_form_is_a_400_on_every_surface_that_reads_one(client, make_user,
+                                                                   content_type, body):
+    alice = make_user("alice")
+    # The Hugging Face protocol's paths-info reads a form: its own error style, a 400.
+    response = client.post("/api/models/alice/tiny/paths-info/main", data=body,
+                           content_type=content_type, headers=auth(alice))
+    assert response.status_code == 400, response.get_data(as_text=True)
+    # An API route that takes no form: the form is never read, the route answers.
+    response = client.post(f"{BASE}/alice/tiny/versions", data=body,
+                           content_type=content_type, headers=auth(alice))
+    problem = assert_problem(response, 400, "invalid_request")
+    assert "not valid multipart/form-data" in problem["detail"]

@@ -130,30 +130,56 @@ def test_a_large_json_body_or_an_anonymous_upload_is_refused_before_it_is_sent(h
     assert status == 401 and json.loads(body)["code"] == "unauthorized"
     assert headers["www-authenticate"].startswith("Bearer")
     status, _, body = _raw(port, b"POST /api/v1/adapters/alice/x/versions HTTP/1.1\r\n"
-                                 b"Host: x\r\nAuthorization: Bearer lsk_x\r\n"
-                                 b"Content-Length: %d\r\n\r\n" % (11 * 1024 ** 3))
+                                 b"Host: x\r\nAuthorization: Bearer %s\r\n"
+                                 b"Content-Length: %d\r\n\r\n"
+                                 % (hub["token"].encode(), 11 * 1024 ** 3))
     assert status == 413 and json.loads(body)["code"] == "file_too_large"
 
 
+def _signed_session(secret_key: str, data: dict) -> str:
+    """A sign-in cookie's value as the hub signs it (Flask's session with its secret key)."""
+    from flask import Flask
+
+    app = Flask("signer")
+    app.secret_key = secret_key
+    return app.session_interface.get_signing_serializer(app).dumps(data)
+
+
 def test_the_hf_commit_and_the_publish_page_take_large_bodies_from_a_named_caller(hub):
-    """The server's gate knows every large-body route: an HF commit with a token and a
-    publish-page upload with the sign-in cookie reach the app (which then checks them);
-    the same upload with no cookie is refused from its headers."""
+    """The server's gate knows every large-body route: an HF commit with a token of the hub's
+    form and a publish-page upload with a sign-in cookie the hub signed reach the app (which
+    then checks them); a made-up header or cookie is refused from the headers."""
     port, body = hub["port"], b"x" * (3 * MiB)
 
-    def post(path: str, headers: bytes) -> tuple[int, dict, bytes]:
+    def post(path: str, headers: bytes, *, send_body: bool = True) -> tuple[int, dict, bytes]:
+        # A refusal comes before the body: only the headers are sent, and it still answers.
         return _raw(port, b"POST %s HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n%s"
-                    % (path, headers, len(body), body))
+                    % (path, headers, len(body), body if send_body else b""))
 
-    status, headers, answer = post(b"/api/models/alice/absent/commit/main",
-                                   b"Authorization: Bearer %s\r\nContent-Type:"
-                                   b" application/x-ndjson\r\n" % hub["token"].encode())
+    commit = b"/api/models/alice/absent/commit/main"
+    ndjson = b"Content-Type: application/x-ndjson\r\n"
+    token = b"Authorization: Bearer %s\r\n" % hub["token"].encode()
+    status, headers, answer = post(commit, token + ndjson)
     # The protocol's own answer to the body (the Hub's error style), not the gate's.
     assert headers["content-type"] == "application/json" and "error" in json.loads(answer)
+    for header in (b"Bearer lst_x", b"Bearer " + b"x" * 47, b"Basic " + hub["token"].encode(),
+                   b"anything"):
+        status, headers, answer = post(commit, b"Authorization: %s\r\n" % header + ndjson,
+                                       send_body=False)
+        assert status == 401 and json.loads(answer)["code"] == "unauthorized", header
+
     form = b"Content-Type: multipart/form-data; boundary=b\r\n"
-    status, headers, _ = post(b"/new", form + b"Cookie: lorastack_session=stale\r\n")
+    signed = _signed_session("t", {"uid": 1, "stamp": "stale"}).encode()
+    status, headers, _ = post(b"/new", form + b"Cookie: theme=dark; lorastack_session=%s\r\n"
+                              % signed)
     assert status != 401 and headers["content-type"].startswith("text/html")
-    status, _, answer = post(b"/new", form)
+    for cookie in (b"lorastack_session=stale",  # any value
+                   b"xlorastack_session=" + signed,  # another cookie's name
+                   b"lorastack_session=" + _signed_session("other key", {"uid": 1}).encode(),
+                   b"lorastack_session=" + _signed_session("t", {"csrf": "c"}).encode()):
+        status, _, answer = post(b"/new", form + b"Cookie: %s\r\n" % cookie, send_body=False)
+        assert status == 401 and json.loads(answer)["code"] == "unauthorized", cookie
+    status, _, answer = post(b"/new", form, send_body=False)
     assert status == 401 and json.loads(answer)["code"] == "unauthorized"
 
 
@@ -327,3 +353,53 @@ def test_a_chunked_publish_is_spooled_and_a_chunked_json_body_stops_at_its_limit
                                       "Content-Type": "application/json"})
     assert too_big.status_code == 413, too_big.text
     assert too_big.json()["code"] == "invalid_request"
+
+
+def test_the_access_log_line_shows_the_raw_target_and_no_caller_can_forge_a_line(tmp_path):
+    import logging
+    from types import SimpleNamespace
+
+    from flask import Flask
+
+    from hub.cli import serving
+
+    app = Flask("probe")
+    app.add_url_rule("/<path:anything>", "any", lambda anything: "ok")
+    (tmp_path / "tmp").mkdir()
+    gate = serving.BodyGate(app, SimpleNamespace(max_json_bytes=MiB, max_upload_bytes=MiB,
+                                                 data_dir=tmp_path))
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    access_log = logging.getLogger("test.access")
+    access_log.propagate, access_log.level = False, logging.INFO
+    access_log.addHandler(Collect())
+    listener = socket.create_server(("127.0.0.1", 0))
+    servers, socket_map = serving.make_servers(app, gate, [listener], threads=2,
+                                               access_log=access_log)
+    from waitress import wasyncore
+
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: [wasyncore.loop(timeout=0.2, map=socket_map,
+                                                             use_poll=True, count=1)
+                                              for _ in iter(stop.is_set, True)])
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        for target in (b"/%0d%0a127.0.0.1%20%22GET%20/admin%20HTTP/1.1%22%20200",
+                       b"/a%1b[31mred?q=%0a\x1b[0m"):
+            assert _raw(port, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target)[0] in (200, 404)
+    finally:
+        stop.set()
+        thread.join()
+        for server in servers:
+            server.close()
+        servers[0].task_dispatcher.shutdown()
+    assert len(lines) == 2, lines
+    for line in lines:
+        assert "\n" not in line and "\r" not in line and "\x1b" not in line, line
+    assert '"GET /%0d%0a127.0.0.1%20%22GET%20/admin' in lines[0], lines[0]
+    assert "/a%1b[31mred?q=%0a\\x1b[0m" in lines[1], lines[1]

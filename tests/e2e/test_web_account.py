@@ -479,3 +479,49 @@ def test_an_upload_over_the_limit_is_413_beside_the_files(settings, make_account
         assert script.status_code == 413 and script.get_json()["code"] == "file_too_large"
     finally:
         app.extensions["lorastack"].close()
+
+
+@pytest.mark.parametrize("content_type, body", [
+    ("multipart/form-data", b"name=alice"),  # no boundary
+    ("multipart/form-data; boundary=x", b"--x\r\nnot a header\r\n\r\n"),  # a garbled part
+])
+def test_a_form_that_is_not_valid_multipart_is_a_400_page_never_a_500(client, make_account,
+                                                                      content_type, body):
+    make_account("alice")
+    for path in ("/signin", "/settings/tokens"):
+        response = client.post(path, data=body, content_type=content_type, headers=BROWSER)
+        assert response.status_code == 400, (path, response.status_code)
+        assert response.mimetype == "text/html"
+        assert "not valid multipart/form-data" in response.get_data(as_text=True)
+    sign_in(client, "alice")
+    response = client.post("/new", data=body, content_type=content_type,
+                           headers={**BROWSER, "X-CSRF-Token": csrf_of(client, "/new")})
+    assert response.status_code == 400, response.status_code
+
+
+def test_a_storage_outage_on_the_pages_hides_its_cause_from_a_signed_in_user(app, client,
+                                                                            make_account,
+                                                                            lora_dir,
+                                                                            monkeypatch):
+    from hub.errors import StorageUnavailable
+
+    internal = "s3://internal-bucket at 10.1.2.3:9000"
+
+    def unreachable(*_args, **_kwargs):
+        raise StorageUnavailable(f"could not write blob to {internal}: timed out")
+
+    monkeypatch.setattr(app.extensions["lorastack"].store, "put_file", unreachable)
+    make_account("alice")
+    sign_in(client, "alice")
+    page = publish_form(client, lora_dir)
+    assert page.status_code == 503
+    assert internal not in page.get_data(as_text=True)
+    assert "try again later" in page.get_data(as_text=True)
+    script = publish_form(client, lora_dir, headers=SCRIPT)
+    problem = assert_problem(script, 503, "storage_unavailable")
+    assert internal not in script.get_data(as_text=True), problem
+    # An admin of the hub is its operator: the cause is theirs to see.
+    make_account("root", admin=True)
+    client.post("/signout", data={"csrf_token": csrf_of(client, "/new")})
+    sign_in(client, "root")
+    assert internal in publish_form(client, lora_dir, headers=SCRIPT).get_json()["detail"]

@@ -324,3 +324,24 @@ def test_an_incompatible_source_gets_the_services_message_beside_it(client, acco
     assert "alice/other-base" not in [item["adapter"] for item in offered]
     assert "alice/other-base" in [item["adapter"] for item in client.get(
         "/merge/suggest", query_string={"q": "other base"}, headers=SCRIPT).get_json()["items"]]
+
+
+def test_a_storage_outage_hides_its_cause_on_the_merge_pages(client, accounts, monkeypatch):
+    from hub.errors import StorageUnavailable
+    from hub.web import merge as merge_pages
+
+    internal = "s3://internal-bucket at 10.1.2.3:9000"
+
+    def unreachable(*_args, **_kwargs):
+        raise StorageUnavailable(f"could not read a layout from {internal}: timed out")
+
+    monkeypatch.setattr(merge_pages, "plan_merge", unreachable)
+    csrf = sign_in(client, "alice")
+    form = builder_form(csrf, ("alice/a", "1.0", "0.7"))
+    script = client.post("/merge/plan", headers={**SCRIPT, "X-CSRF-Token": csrf}, data=form)
+    assert script.status_code == 503 and script.mimetype == "application/problem+json"
+    assert script.get_json()["code"] == "storage_unavailable"
+    assert internal not in script.get_data(as_text=True)
+    page = client.post("/merge", headers=BROWSER, data=form)
+    assert page.status_code == 503 and internal not in page.get_data(as_text=True)
+    assert "try again later" in page.get_data(as_text=True)

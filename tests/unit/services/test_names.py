@@ -76,3 +76,10 @@ def test_page_paths_and_their_look_alikes_are_refused_as_user_names(name):
 def test_names_that_only_contain_a_page_path_stay_valid():
     assert check_user_name("newton") == "newton"
     assert check_user_name("api-team") == "api-team"
+
+
+def test_a_typed_tags_field_splits_at_commas_and_whitespace():
+    from hub.services.names import split_tags
+
+    assert split_tags(" chat, code\tlong-context,,\nqa ") == ["chat", "code", "long-context", "qa"]
+    assert split_tags("") == [] and split_tags(" , ") == []
