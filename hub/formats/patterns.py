@@ -113,4 +113,6 @@ def _checked(pattern: str, what: str, cache: bool = True):
 def _compile(pattern: str):
     # re2.compile keeps the programs it builds in a cache of its own, bounded by count
     # and not by size; building the Regexp directly leaves this cache as the only one.
-    return re2._Regexp(pattern, _OPTIONS)
+    # (_Regexp is the module's own class; without it, compile still matches correctly.)
+    build = getattr(re2, "_Regexp", None) or re2.compile
+    return build(pattern, _OPTIONS)
