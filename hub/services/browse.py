@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from hub.formats.readme import readme_body
 from hub.models import Adapter, AdapterTag, User, Version, VersionFile
 from hub.services.access import visible_clause
-from hub.services.shapes import latest_version
+from hub.services.catalog import latest_versions
 from hub.storage import BlobStore
 
 #: How many of each filter's values a page offers (the most used first); any other value
@@ -58,14 +58,11 @@ def _count_choices(session: Session) -> dict[str, list[str]]:
 
 
 def latest_ranks(session: Session, adapters: list[Adapter]) -> dict[int, int | None]:
-    """Adapter id -> the rank `r` of its latest version, in one query for a whole page."""
-    latest = {adapter.id: latest_version(adapter) for adapter in adapters}
-    ids = [version.id for version in latest.values() if version is not None]
-    rows = session.execute(select(Version.id, Version.r).where(Version.id.in_(ids))) if ids \
-        else []
-    ranks = {row.id: row.r for row in rows}
-    return {adapter_id: ranks.get(version.id) if version is not None else None
-            for adapter_id, version in latest.items()}
+    """Adapter id -> the rank `r` of its latest version, in one query for a whole page
+    (a listing's adapters carry their latest label, not their versions)."""
+    latest = latest_versions(session, adapters)
+    return {adapter.id: latest[adapter.id].r if adapter.id in latest else None
+            for adapter in adapters}
 
 
 def user_exists(session: Session, name: str) -> bool:

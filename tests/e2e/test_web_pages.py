@@ -357,3 +357,33 @@ def test_an_adapter_with_no_version_yet_has_a_page_saying_so(client, make_user, 
     assert "the publish page" not in html(shown)  # how to publish: for its owner only
     sign_in("fay")
     assert "the publish page" in html(client.get("/fay/blank"))
+
+
+def test_a_catalog_page_costs_the_same_statements_for_two_cards_as_for_six(app, client,
+                                                                         make_user, lora_dir):
+    from sqlalchemy import event
+
+    token = make_user("gus")
+    engine = app.extensions["lorastack"].db.engine
+
+    def statements_of(url: str) -> int:
+        seen: list[str] = []
+
+        def _record(_conn, _cursor, statement, *_):
+            seen.append(statement)
+
+        event.listen(engine, "before_cursor_execute", _record)
+        try:
+            assert client.get(url).status_code == 200
+        finally:
+            event.remove(engine, "before_cursor_execute", _record)
+        return len(seen)
+
+    counts = []
+    for total in (2, 6):
+        while len(client.get("/api/v1/adapters?owner=gus").get_json()["items"]) < total:
+            n = len(client.get("/api/v1/adapters?owner=gus").get_json()["items"])
+            assert publish(client, token, f"gus/a{n}", "1", lora_dir).status_code == 201
+        statements_of("/")  # the filters' suggestions are counted once a minute
+        counts.append((statements_of("/"), statements_of("/gus")))
+    assert counts[0] == counts[1], counts  # no statement per card
