@@ -1,6 +1,6 @@
-"""An adapter's file sent over HTTP: one response, and one download count, for the API's
-bearer-token route, the pages' signed-in route and the HF protocol's `resolve` (which adds
-its own headers).
+"""Files sent over HTTP. An adapter's file: one response, and one download count, for the
+API's bearer-token route, the pages' signed-in route and the HF protocol's `resolve` (which
+adds its own headers). A merge's result file: one response for the API and the pages.
 
 Streamed with Range from the local store, a 302 to a presigned URL on S3; Cache-Control by
 hub.services.downloads, so a private file is never kept by a shared cache.
@@ -13,7 +13,7 @@ from flask import Response, current_app, redirect, request, send_file
 
 from hub.models import Adapter, VersionFile
 from hub.runtime import current_hub
-from hub.services import catalog
+from hub.services import catalog, merges
 from hub.services.accounts import Principal
 from hub.services.downloads import (counts_as_download, file_cache_control,
                                     redirect_cache_control)
@@ -92,3 +92,31 @@ def _mimetype(path: str) -> str:
         # werkzeug appends "; charset=utf-8" to a text/* type itself (a second one if given).
         return "text/plain"
     return "application/octet-stream"
+
+
+#: A merge's results are its requester's alone: never kept by a shared cache.
+PRIVATE = "private, no-store"
+# README.md is text/plain (never rendered at the hub's origin); werkzeug adds its charset.
+_MERGE_TYPES = {"json": "application/json", "md": "text/plain", "zip": "application/zip"}
+
+
+def send_merge_file(principal: Principal | None, merge_id: str, path: str, filename: str,
+                    *, attachment: bool = False) -> Response:
+    """A merge's result file `path` (or its archive) as `filename`, for whoever may see the
+    merge: streamed with Range from the local store, a 302 to a presigned URL on S3."""
+    hub = current_hub()
+    with hub.db.session() as session:
+        _, key, _, sha256 = merges.result_file(session, principal, merge_id, path)
+    url = hub.store.presigned_url(key, filename=filename, expires_in=hub.settings.presign_ttl,
+                                  cache_control=PRIVATE)
+    if url is not None:
+        response = redirect(url, code=302)
+    else:
+        mimetype = _MERGE_TYPES.get(filename.rsplit(".", 1)[-1], "application/octet-stream")
+        response = send_file(hub.store.local_path(key), mimetype=mimetype,
+                             as_attachment=attachment, download_name=filename,
+                             conditional=True, etag=sha256, max_age=None)
+        response.headers.pop("Expires", None)
+    response.headers["ETag"] = f'"{sha256}"'
+    response.headers["Cache-Control"] = PRIVATE
+    return response

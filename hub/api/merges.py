@@ -1,8 +1,9 @@
 """Merge endpoints: plan, request, read, list, cancel, download, publish."""
 from __future__ import annotations
 
-from flask import jsonify, redirect, request, send_file
+from flask import jsonify, request
 
+from hub.adapter_files import send_merge_file
 from hub.api import api_v1
 from hub.api.adapters import json_body
 from hub.api.auth import current_principal
@@ -12,10 +13,6 @@ from hub.services.access import require_writer
 from hub.services.merge_plan import parse_merge_request, plan_merge, plan_view
 from hub.services.shapes import merge_view
 
-PRIVATE = "private, no-store"
-# README.md is text/plain (never rendered at the API's origin); werkzeug adds its charset.
-_MIMETYPES = {"json": "application/json", "md": "text/plain",
-              "zip": "application/zip"}
 
 
 @api_v1.post("/merges/plan")
@@ -81,32 +78,14 @@ def cancel_merge(merge_id: str):
 @api_v1.get("/merges/<merge_id>/archive")
 def merge_archive(merge_id: str):
     """The result folder as a zip that unzips to what PeftModel.from_pretrained loads."""
-    return _serve(merge_id, merges.ARCHIVE_NAME, f"merge-{merge_id}.zip", "application/zip")
+    return send_merge_file(current_principal(), merge_id, merges.ARCHIVE_NAME,
+                           f"merge-{merge_id}.zip")
 
 
 @api_v1.get("/merges/<merge_id>/files/<path:path>")
 def merge_file(merge_id: str, path: str):
     """A result file: streamed with Range from the local store, a 302 on S3."""
-    return _serve(merge_id, path, path, _MIMETYPES.get(path.rsplit(".", 1)[-1],
-                                                       "application/octet-stream"))
-
-
-def _serve(merge_id: str, path: str, filename: str, mimetype: str):
-    hub = current_hub()
-    with hub.db.session() as session:
-        _, key, _, sha256 = merges.result_file(session, current_principal(), merge_id, path)
-    url = hub.store.presigned_url(key, filename=filename, expires_in=hub.settings.presign_ttl,
-                                  cache_control=PRIVATE)
-    if url is not None:
-        response = redirect(url, code=302)
-    else:
-        response = send_file(hub.store.local_path(key), mimetype=mimetype,
-                             download_name=filename, conditional=True, etag=sha256,
-                             max_age=None)
-        response.headers.pop("Expires", None)
-    response.headers["ETag"] = f'"{sha256}"'
-    response.headers["Cache-Control"] = PRIVATE
-    return response
+    return send_merge_file(current_principal(), merge_id, path, path)
 
 
 @api_v1.post("/merges/<merge_id>/publish")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from flask import g, jsonify, redirect, render_template, request, send_file, url_for
+from flask import g, jsonify, redirect, render_template, request, url_for
 
+from hub.adapter_files import send_merge_file
 from hub.errors import HubError, Unauthorized
 from hub.licenses import OTHER
 from hub.runtime import current_hub
@@ -20,8 +21,6 @@ from hub.web.account import sign_in_redirect
 from hub.web.errors import script_problem as problem, web_safe
 
 ACTIVE = ("queued", "running")
-PRIVATE = "private, no-store"
-_MIMETYPES = {"json": "application/json", "md": "text/plain", "zip": "application/zip"}
 
 
 # --- one's merges -------------------------------------------------------------------------
@@ -114,27 +113,6 @@ def merge_file_download(merge_id: str, path: str):
     return _download(merge_id, path, path)
 
 
-def _download(merge_id: str, path: str, filename: str):
-    if g.web_user is None:
-        return sign_in_redirect(url_for("web.merge_page", merge_id=merge_id))
-    hub = current_hub()
-    with hub.db.session() as session:
-        _, key, _, sha256 = merges.result_file(session, viewer(), merge_id, path)
-    url = hub.store.presigned_url(key, filename=filename, expires_in=hub.settings.presign_ttl,
-                                  cache_control=PRIVATE)
-    if url is not None:
-        response = redirect(url, code=302)
-    else:
-        mimetype = _MIMETYPES.get(filename.rsplit(".", 1)[-1], "application/octet-stream")
-        response = send_file(hub.store.local_path(key), mimetype=mimetype, as_attachment=True,
-                             download_name=filename, conditional=True, etag=sha256,
-                             max_age=None)
-        response.headers.pop("Expires", None)
-    response.headers["ETag"] = f'"{sha256}"'
-    response.headers["Cache-Control"] = PRIVATE
-    return response
-
-
 def _view(merge_id: str) -> dict:
     with current_hub().db.session() as session:
         merge = merges.get_merge(session, viewer(), merge_id)
@@ -156,3 +134,9 @@ def _merge_page(merge_id: str, typed: dict, errors: dict[str, str]):
     return render_template("merge/merge.html", merge=merge, form=form, errors=errors,
                            active=merge["status"] in ACTIVE, publishable=publishable,
                            needs_link=license_.get("id") == OTHER and not license_.get("license_link"))
+
+
+def _download(merge_id: str, path: str, filename: str):
+    if g.web_user is None:
+        return sign_in_redirect(url_for("web.merge_page", merge_id=merge_id))
+    return send_merge_file(viewer(), merge_id, path, filename, attachment=True)
