@@ -117,6 +117,28 @@ def make_user(app):
 
 
 @pytest.fixture
+def sign_in(app, client):
+    """sign_in(name): the test client carries that user's sign-in cookie, as the sign-in
+    page writes it (a password is set first if the user has none); None signs out."""
+    from sqlalchemy import select
+
+    from hub.models import User
+    from hub.services.accounts import session_stamp, set_password
+
+    def _sign_in(name: str | None) -> None:
+        with client.session_transaction() as cookie:
+            cookie.clear()
+            if name:
+                with app.extensions["lorastack"].db.session() as session:
+                    user = session.scalar(select(User).where(User.name == name))
+                    if user.password_hash is None:
+                        user = set_password(session, name, "correct horse battery")
+                    cookie["uid"], cookie["stamp"] = user.id, session_stamp(user)
+
+    return _sign_in
+
+
+@pytest.fixture
 def live_server(app) -> Iterator[str]:
     """The app served over real HTTP on a free port (threaded), for the CLI."""
     from werkzeug.serving import make_server

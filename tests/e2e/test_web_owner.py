@@ -6,30 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from sqlalchemy import select
 
-from hub.models import User
 from tests.e2e.helpers import auth, publish
 
 MODEL = "adapter_model.safetensors"
-
-
-@pytest.fixture
-def sign_in(app, client):
-    """sign_in(name): the client carries that user's sign-in cookie (None signs out)."""
-    from hub.services.accounts import session_stamp, set_password
-
-    def _sign_in(name: str | None) -> None:
-        with client.session_transaction() as cookie:
-            cookie.clear()
-            if name:
-                with app.extensions["lorastack"].db.session() as session:
-                    user = session.scalar(select(User).where(User.name == name))
-                    if user.password_hash is None:
-                        user = set_password(session, name, "correct horse battery")
-                    cookie["uid"], cookie["stamp"] = user.id, session_stamp(user)
-
-    return _sign_in
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from hub.app import CONTENT_SECURITY_POLICY
 from hub.cli import main
-from hub.models import User, Version, VersionFile, VersionParent
+from hub.models import Version, VersionFile, VersionParent
 from tests.e2e.helpers import auth, publish
 
 XSS_README = """---
@@ -46,25 +46,6 @@ def copy_with_readme(source: Path, target: Path, readme: str) -> Path:
     shutil.copytree(source, target)
     (target / "README.md").write_text(readme)
     return target
-
-
-@pytest.fixture
-def sign_in(app, client):
-    """sign_in(name): the client carries that user's sign-in cookie, as the sign-in page
-    writes it (None signs out)."""
-    from hub.services.accounts import session_stamp, set_password
-
-    def _sign_in(name: str | None) -> None:
-        with client.session_transaction() as cookie:
-            cookie.clear()
-            if name:
-                with app.extensions["lorastack"].db.session() as session:
-                    user = session.scalar(select(User).where(User.name == name))
-                    if user.password_hash is None:
-                        user = set_password(session, name, "correct horse battery")
-                    cookie["uid"], cookie["stamp"] = user.id, session_stamp(user)
-
-    return _sign_in
 
 
 @pytest.fixture
