@@ -6,7 +6,10 @@ through the ORM, so the search columns and the full-text index are kept by the s
 and triggers as a publish), with Zipf-like tags, words and downloads and 5% private
 adapters; then starts `lorastack serve` on it and times each query type of the catalog
 with 1 client and with 16 clients (threads, each on its own keep-alive connection),
-next to /api/v1/health on the same server as the floor.
+next to /api/v1/health on the same server as the floor. Each backend is measured twice
+by default: with the server's listing cache (its default; a repeated listing is served
+from the process's memory) and with it off (`LORASTACK_CATALOG_CACHE_SECONDS=0`: every
+listing computed, as the first one after a catalog write is).
 
     .venv/bin/python bench/catalog.py --adapters 100000 --backend both
     .venv/bin/python bench/catalog.py --adapters 20000 --backend sqlite --seconds 2
@@ -243,21 +246,29 @@ def measure(port: int, target, clients: int, seconds: float) -> dict:
             "rps": len(latencies) / wall}
 
 
-def serve(url: str, data_dir: Path, children: Children, workers: int) -> tuple[int, object]:
+def serve(url: str, data_dir: Path, children: Children, workers: int,
+          cache_seconds: int | None) -> tuple[int, object]:
     """Start `lorastack serve` on `url`; return its port and process."""
     port = free_port()
     env = child_env(LORASTACK_DATABASE_URL=url, LORASTACK_DATA_DIR=str(data_dir),
                     LORASTACK_SECRET_KEY="bench", PYTHONPATH=str(ROOT))
-    log = data_dir / "serve.log"
+    if cache_seconds is not None:
+        env["LORASTACK_CATALOG_CACHE_SECONDS"] = str(cache_seconds)
+    log = data_dir / f"serve-{port}.log"
     proc = children.start([venv_script("lorastack"), "serve", "--port", str(port),
                            "--workers", str(workers)], env, log)
     wait_http(f"http://127.0.0.1:{port}/api/v1/health", proc, log, timeout=120)
     return port, proc
 
 
+#: The server's listing cache in each measured run: its default, and off (every listing
+#: computed, as the first request for a page after a catalog write is).
+CACHE_MODES = {"on": None, "off": 0}
+
+
 def run_backend(backend: str, adapters: int, seconds: float, workdir: Path,
-                workers: int) -> list[str]:
-    """Fill, serve and measure one backend; the table's lines."""
+                workers: int, caches: tuple[str, ...]) -> list[str]:
+    """Fill, serve and measure one backend; the tables' lines."""
     from sqlalchemy import create_engine, text
 
     data_dir = workdir / backend
@@ -276,23 +287,13 @@ def run_backend(backend: str, adapters: int, seconds: float, workdir: Path,
         began = time.perf_counter()
         fill(url, adapters)
         print(f"{backend}: filled {adapters} adapters in {time.perf_counter() - began:.0f} s")
-        port, _ = serve(url, data_dir, children, workers)
-        lines = [f"### {backend}, {adapters} adapters (`lorastack serve --workers {workers}`)",
-                 "",
-                 "| query | 1 client p50 / p95 / p99 ms | 1 client req/s |"
-                 " 16 clients p50 / p95 / p99 ms | 16 clients req/s | 16c req/s vs health |",
-                 "|---|---|---|---|---|---|"]
-        health_rps = None
-        for label, target in queries(url).items():
-            one = measure(port, target, 1, seconds)
-            many = measure(port, target, 16, seconds)
-            health_rps = health_rps or many["rps"]
-            line = (f"| {label} | {one['p50']:.1f} / {one['p95']:.1f} / {one['p99']:.1f} |"
-                    f" {one['rps']:.0f} | {many['p50']:.0f} / {many['p95']:.0f} /"
-                    f" {many['p99']:.0f} | {many['rps']:.0f} |"
-                    f" {many['rps'] / health_rps:.2f} |")
-            print(line, flush=True)
-            lines.append(line)
+        lines: list[str] = []
+        for cache in caches:
+            port, proc = serve(url, data_dir, children, workers, CACHE_MODES[cache])
+            lines += measure_server(port, url, seconds,
+                                    f"### {backend}, {adapters} adapters (`lorastack serve"
+                                    f" --workers {workers}`, listing cache {cache})")
+            children.stop(proc)
         return lines
     finally:
         children.close()
@@ -300,6 +301,28 @@ def run_backend(backend: str, adapters: int, seconds: float, workdir: Path,
             with admin.connect() as connection:
                 connection.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
             admin.dispose()
+
+
+def measure_server(port: int, url: str, seconds: float, title: str) -> list[str]:
+    """Each query type with 1 and 16 clients against one server; the table's lines."""
+    lines = [title, "",
+             "| query | 1 client p50 / p95 / p99 ms | 1 client req/s |"
+             " 16 clients p50 / p95 / p99 ms | 16 clients req/s | 16c req/s vs health |",
+             "|---|---|---|---|---|---|"]
+    print(title, flush=True)
+    health_rps = None
+    for label, target in queries(url).items():
+        one = measure(port, target, 1, seconds)
+        many = measure(port, target, 16, seconds)
+        health_rps = health_rps or many["rps"]
+        line = (f"| {label} | {one['p50']:.1f} / {one['p95']:.1f} / {one['p99']:.1f} |"
+                f" {one['rps']:.0f} | {many['p50']:.0f} / {many['p95']:.0f} /"
+                f" {many['p99']:.0f} | {many['rps']:.0f} |"
+                f" {many['rps'] / health_rps:.2f} |")
+        print(line, flush=True)
+        lines.append(line)
+    lines.append("")
+    return lines
 
 
 def main() -> None:
@@ -311,10 +334,15 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--workers", type=int, default=default_workers(),
                         help="web processes of lorastack serve (default: its own, one a core)")
+    parser.add_argument("--cache", choices=("on", "off", "both"), default="both",
+                        help="the server's listing cache: its default (on), off, or a run"
+                             " of each")
     args = parser.parse_args()
+    caches = ("on", "off") if args.cache == "both" else (args.cache,)
     backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
     with tempfile.TemporaryDirectory(prefix="lorastack-catalog-", dir=args.workdir) as tmp:
-        tables = [run_backend(backend, args.adapters, args.seconds, Path(tmp), args.workers)
+        tables = [run_backend(backend, args.adapters, args.seconds, Path(tmp), args.workers,
+                              caches)
                   for backend in backends]
     load = os.getloadavg()[0]
     print()

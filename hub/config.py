@@ -68,6 +68,9 @@ class Settings:
     # setting), and whether anyone may create an account at /signup.
     cookie_secure: bool = False
     open_signup: bool = False
+    # How long a process may serve a catalog listing it computed earlier (seconds; 0: never).
+    # Any catalog write ends it at once; only download counts can be this old in a listing.
+    catalog_cache_seconds: int = 10
 
     @property
     def worker_cache_dir(self) -> Path:
@@ -111,7 +114,8 @@ class Settings:
                           ("LORASTACK_WRITES_PER_MINUTE", "writes_per_minute"),
                           ("LORASTACK_TRUSTED_PROXIES", "trusted_proxies"),
                           ("LORASTACK_SIGN_IN_FAILURES_PER_MINUTE",
-                           "sign_in_failures_per_minute")):
+                           "sign_in_failures_per_minute"),
+                          ("LORASTACK_CATALOG_CACHE_SECONDS", "catalog_cache_seconds")):
             if env.get(key):
                 values[attr] = _non_negative_int(key, env[key])
         for key, attr in (("LORASTACK_COOKIE_SECURE", "cookie_secure"),

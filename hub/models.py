@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from itertools import chain
+
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index,
-                        Integer, String, Text, UniqueConstraint, event, inspect, select)
-from sqlalchemy.orm import Mapped, column_property, mapped_column, relationship
+                        Integer, String, Text, UniqueConstraint, event, inspect, select, update)
+from sqlalchemy.orm import Mapped, Session, column_property, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from hub.db import Base
@@ -325,3 +327,50 @@ class MergeFile(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     blob_key: Mapped[str] = mapped_column(String(128), index=True)
+
+
+class CatalogState(Base):
+    """The catalog's generation: one row, moved on by every transaction that writes what a
+    listing shows, so a cached listing (hub.services.listings) can tell it is still current.
+    """
+
+    __tablename__ = "catalog_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)
+
+
+#: The rows a listing is made of. Download counts are not among them: they change with every
+#: download (a Core UPDATE, hub.services.catalog.record_download), and a listing may show a
+#: count as old as the cache's max age rather than be recomputed for each download.
+CATALOG_ROWS = (User, Adapter, AdapterTag, Version, VersionFile, VersionParent)
+_CATALOG_WRITTEN = "lorastack.catalog_written"
+
+
+def _writes_catalog(session: Session) -> bool:
+    return any(isinstance(row, CATALOG_ROWS)
+               for row in chain(session.new, session.dirty, session.deleted))
+
+
+@event.listens_for(Session, "after_flush")
+def _note_catalog_write(session: Session, _context) -> None:
+    # The pending sets still hold what this flush wrote (they are reset after the event).
+    if _writes_catalog(session):
+        session.info[_CATALOG_WRITTEN] = True
+
+
+@event.listens_for(Session, "before_commit")
+def _bump_catalog_generation(session: Session) -> None:
+    """Move the generation on in the transaction that wrote the catalog, so readers see
+    the new rows and the new generation together. Last, just before COMMIT: on PostgreSQL
+    the row stays locked only for that instant, not through a long publish."""
+    session.flush()
+    if session.info.pop(_CATALOG_WRITTEN, False):
+        session.execute(update(CatalogState).where(CatalogState.id == 1)
+                        .values(generation=CatalogState.generation + 1))
+        session.info.pop(_CATALOG_WRITTEN, None)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_catalog_write(session: Session) -> None:
+    session.info.pop(_CATALOG_WRITTEN, None)

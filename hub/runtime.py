@@ -6,11 +6,12 @@ the job runners all read it through `current_hub()` (in a request) or receive it
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hub.config import Settings
 from hub.db import Database
+from hub.services.listings import ListingCache
 from hub.storage import BlobStore, S3Timeouts, open_store
 
 EXTENSION_KEY = "lorastack"
@@ -25,6 +26,9 @@ class Hub:
     store: BlobStore
     #: Where new merges go (hub.jobs.MergeQueue); None in processes that queue nothing.
     queue: Any = None
+    #: The catalog listings this process keeps (hub.services.listings); off in a Hub not
+    #: opened from settings.
+    listings: ListingCache = field(default_factory=lambda: ListingCache(max_age=0))
 
     def submit_merge(self, merge_id: str) -> None:
         """Hand a committed, queued merge to the queue."""
@@ -41,7 +45,8 @@ class Hub:
 def open_hub(settings: Settings) -> Hub:
     """Connect to the database and the blob store that `settings` name."""
     return Hub(settings=settings, db=Database(settings.database_url),
-               store=open_settings_store(settings))
+               store=open_settings_store(settings),
+               listings=ListingCache(max_age=settings.catalog_cache_seconds))
 
 
 def open_settings_store(settings: Settings) -> BlobStore:

@@ -12,7 +12,7 @@ from hub.runtime import current_hub
 from hub.errors import InvalidRequest, InvalidVersion, UnexpectedFile
 from hub.formats import check_file_name
 from hub.services import catalog
-from hub.services.access import require_owner
+from hub.services.access import audience, require_owner
 from hub.services.names import parse_metadata
 from hub.services.publish import LicenseChoice, Upload, publish_version
 from hub.services.shapes import adapter_detail, adapter_summary, version_view
@@ -24,10 +24,16 @@ FORM_FIELDS = {"version", "license", "license_name", "license_link", "metadata"}
 def list_adapters():
     """Search and browse, one keyset page at a time."""
     query = catalog.parse_query(request.args)
-    with current_hub().db.session() as session:
-        rows, next_cursor = catalog.search_adapters(session, current_principal(), query)
-        return jsonify({"items": [adapter_summary(row) for row in rows],
-                        "next_cursor": next_cursor})
+    principal, hub = current_principal(), current_hub()
+
+    def page() -> str:
+        rows, next_cursor = catalog.search_adapters(session, principal, query)
+        return current_app.json.dumps({"items": [adapter_summary(row) for row in rows],
+                                       "next_cursor": next_cursor}) + "\n"
+
+    with hub.db.session() as session:
+        body = hub.listings.get(session, ("api", query, audience(principal)), page)
+    return current_app.response_class(body, mimetype="application/json")
 
 
 @api_v1.get("/adapters/<owner>/<name>")

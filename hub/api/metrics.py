@@ -16,7 +16,7 @@ from datetime import timedelta
 from flask import Flask, Response, g, request
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
                                generate_latest)
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -59,6 +59,7 @@ def install_metrics(app: Flask) -> Metrics:
     )
     app.extensions["lorastack_metrics"] = metrics
     registry.register(MergeCollector(app.extensions[EXTENSION_KEY].db))
+    registry.register(ListingCollector(app.extensions[EXTENSION_KEY]))
 
     @app.after_request
     def _count(response):
@@ -74,6 +75,26 @@ def install_metrics(app: Flask) -> Metrics:
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
     return metrics
+
+
+class ListingCollector(Collector):
+    """`lorastack_listing_cache_requests_total{result}`: the catalog listings this process
+    served from memory (`hit`) or computed (`miss`), hub.services.listings."""
+
+    def __init__(self, hub) -> None:
+        self.hub = hub
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        listings = self.hub.listings
+        family = CounterMetricFamily("lorastack_listing_cache_requests",
+                                     "Catalog listings served from memory or computed",
+                                     labels=["result"])
+        family.add_metric(["hit"], listings.hits)
+        family.add_metric(["miss"], listings.misses)
+        yield family
 
 
 class MergeCollector(Collector):

@@ -102,6 +102,8 @@ def _adapter_paths() -> dict:
     return {
         "/adapters": {"get": {
             "operationId": "listAdapters", "summary": "Search and browse adapters",
+            "description": "Every catalog write shows in the next listing; download counts"
+                           " in a listing may be up to LORASTACK_CATALOG_CACHE_SECONDS old.",
             "parameters": list_params,
             "responses": {**ok("One page of adapters the caller can see.", obj({
                 "items": {"type": "array", "items": ref("AdapterSummary")},

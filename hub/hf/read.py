@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from flask import jsonify, request
+from flask import current_app, jsonify, request
 
 from hub.adapter_files import StoredFile, send_stored_file
 from hub.errors import InvalidRequest, NotFound, StorageUnavailable
@@ -16,7 +16,7 @@ from hub.hf.shapes import commit_entry, model_info, model_summary, refs, tree_en
 from hub.models import Adapter, Version, VersionFile
 from hub.runtime import current_hub
 from hub.services import catalog
-from hub.services.access import require_token
+from hub.services.access import audience, require_token
 from hub.services.browse import card_file
 from hub.services.commits import MAIN, find_revision, version_commit
 
@@ -77,10 +77,17 @@ def list_models():
             raise InvalidRequest("'limit' must be an integer.") from None
     args.update(_filters(request.args.getlist("filter")))
     query = catalog.parse_query({key: value for key, value in args.items() if value})
-    with current_hub().db.session() as session:
-        rows, next_cursor = catalog.search_adapters(session, current_principal(), query)
+    principal, hub = current_principal(), current_hub()
+
+    def page() -> tuple[str, str | None]:
+        rows, next_cursor = catalog.search_adapters(session, principal, query)
         latest = catalog.latest_versions(session, rows)
-        response = jsonify([model_summary(row, latest.get(row.id)) for row in rows])
+        models = [model_summary(row, latest.get(row.id)) for row in rows]
+        return current_app.json.dumps(models) + "\n", next_cursor
+
+    with hub.db.session() as session:
+        body, next_cursor = hub.listings.get(session, ("hf", query, audience(principal)), page)
+    response = current_app.response_class(body, mimetype="application/json")
     if next_cursor:
         params = [(k, v) for k, v in request.args.items(multi=True) if k != "cursor"]
         next_url = f"{request.base_url}?{urlencode(params + [('cursor', next_cursor)])}"

@@ -6,6 +6,8 @@ admins, in lookups, listings, lineage and merges alike.
 """
 from __future__ import annotations
 
+from typing import Hashable
+
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
@@ -21,6 +23,15 @@ def visible_clause(principal: Principal | None):
     if principal is None:
         return Adapter.visibility == "public"
     return or_(Adapter.visibility == "public", Adapter.owner_id == principal.user_id)
+
+
+def audience(principal: Principal | None) -> Hashable:
+    """What visible_clause depends on: callers with the same audience see the same rows."""
+    if principal is None:
+        return "public"
+    if principal.is_admin:
+        return "admin"
+    return ("user", principal.user_id)
 
 
 def can_see(principal: Principal | None, adapter: Adapter) -> bool:

@@ -32,8 +32,9 @@ def _adapter_query():
                 each.selectinload(Version.parents),
                 each.selectinload(Version.children).selectinload(VersionParent.child)
                 .selectinload(Version.adapter).selectinload(Adapter.owner))
+    # The owner comes in the adapter's own row: the join that finds the adapter by name.
     return (select(Adapter).join(User, Adapter.owner_id == User.id)
-            .options(selectinload(Adapter.owner), selectinload(Adapter.tags), *versions))
+            .options(contains_eager(Adapter.owner), selectinload(Adapter.tags), *versions))
 
 
 def get_adapter(session: Session, principal: Principal | None, owner: str, name: str) -> Adapter:

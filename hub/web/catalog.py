@@ -13,7 +13,7 @@ from hub.errors import HubError, InvalidName, NotFound, StorageUnavailable
 from hub.licenses import list_licenses
 from hub.runtime import current_hub
 from hub.services import browse, catalog
-from hub.services.access import may_change
+from hub.services.access import audience, may_change
 from hub.services.names import VISIBILITIES, check_adapter_name, check_user_name, split_tags
 from hub.services.shapes import adapter_summary, latest_version, version_view
 from hub.web import bp, viewer
@@ -44,12 +44,17 @@ def _page_args() -> tuple[dict[str, str], bool]:
 def _listing(endpoint: str, args: dict[str, str], **fixed: str):
     """One page of adapters for `args`, each with its rank, and the next page's URL."""
     query = catalog.parse_query({"limit": str(PAGE_SIZE), **args, **fixed})
-    principal = viewer()
-    with current_hub().db.session() as session:
+    principal, hub = viewer(), current_hub()
+
+    def page() -> tuple[list[dict], str | None, dict]:
         rows, next_cursor = catalog.search_adapters(session, principal, query)
         ranks = browse.latest_ranks(session, rows)
         cards = [{**adapter_summary(row), "rank": ranks.get(row.id)} for row in rows]
-        choices = browse.filter_choices(session)
+        return cards, next_cursor, browse.filter_choices(session)
+
+    with hub.db.session() as session:
+        cards, next_cursor, choices = hub.listings.get(
+            session, ("web", query, audience(principal)), page)
     next_url = (url_for(endpoint, **fixed, **{**args, "cursor": next_cursor})
                 if next_cursor else None)
     return cards, next_url, choices

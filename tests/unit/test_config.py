@@ -104,6 +104,13 @@ def test_rate_limits_are_read_zero_turns_one_off_and_processes_share_the_broker(
         Settings.from_env({"LORASTACK_WRITES_PER_MINUTE": "-1"})
 
 
+def test_catalog_cache_seconds_default_to_ten_zero_turns_the_cache_off():
+    assert Settings.from_env({}).catalog_cache_seconds == 10
+    assert Settings.from_env({"LORASTACK_CATALOG_CACHE_SECONDS": "0"}).catalog_cache_seconds == 0
+    with pytest.raises(SystemExit, match="LORASTACK_CATALOG_CACHE_SECONDS"):
+        Settings.from_env({"LORASTACK_CATALOG_CACHE_SECONDS": "ten"})
+
+
 def test_trusted_proxies_default_to_none_and_are_checked():
     assert Settings.from_env({}).trusted_proxies == 0
     assert Settings.from_env({"LORASTACK_TRUSTED_PROXIES": "2"}).trusted_proxies == 2
