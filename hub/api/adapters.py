@@ -39,9 +39,17 @@ def list_adapters():
 @api_v1.get("/adapters/<owner>/<name>")
 def get_adapter(owner: str, name: str):
     """An adapter and its versions, newest first."""
-    with current_hub().db.session() as session:
-        adapter = catalog.get_adapter(session, current_principal(), owner, name)
-        return jsonify(adapter_detail(adapter, current_principal()))
+    principal, hub = current_principal(), current_hub()
+
+    def view() -> tuple[int, dict]:
+        adapter = catalog.get_adapter(session, principal, owner, name)
+        return adapter.id, adapter_detail(adapter, principal)
+
+    with hub.db.session() as session:
+        adapter_id, detail = hub.listings.get(
+            session, ("api-detail", owner, name, audience(principal)), view)
+        downloads = catalog.download_count(session, adapter_id)
+    return jsonify({**detail, "downloads": downloads})
 
 
 @api_v1.patch("/adapters/<owner>/<name>")

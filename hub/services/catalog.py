@@ -86,6 +86,11 @@ def get_file(session: Session, principal: Principal | None, owner: str, name: st
     raise NotFound(f"{owner}/{name}@{version.label} has no file {path!r}.")
 
 
+def download_count(session: Session, adapter_id: int) -> int:
+    """The adapter's downloads now (a kept view of it may hold an older count)."""
+    return session.scalar(select(Adapter.downloads).where(Adapter.id == adapter_id)) or 0
+
+
 def record_download(session: Session, adapter_id: int) -> None:
     """Count one download, atomically in SQL so concurrent downloads are not lost."""
     session.execute(update(Adapter).where(Adapter.id == adapter_id)

@@ -12,7 +12,8 @@ caller may see), and serves one again while both hold:
   yank or a visibility change shows in the very next listing anywhere;
 - it is younger than `max_age` seconds: download counts change without moving the
   generation (a download is not a catalog write), so a listing shows counts, and orders
-  by them, at most this old. An adapter's own page and the API's detail are never cached.
+  by them, at most this old. The API's view of one adapter is kept the same way, with
+  its download count read afresh for every request.
 
 The generation is read before the listing is computed, in the same session: a write that
 commits in between makes the entry older than its generation says, never newer, so the

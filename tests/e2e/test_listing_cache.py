@@ -115,17 +115,25 @@ def test_a_write_in_one_process_shows_in_the_next_listing_of_another(
     assert api_names(reader, "?tag=quasar") == ["alice/first"]
     assert hf_names(reader, "?search=quasar") == ["alice/first"]
 
+    detail = reader.get("/api/v1/adapters/alice/first").get_json()
+    assert detail["description"] == "A quasar helper." and len(detail["versions"]) == 1
+    publish(client, token, "alice/first", "2.0", other_lora_dir)
+    detail = reader.get("/api/v1/adapters/alice/first").get_json()
+    assert [version["version"] for version in detail["versions"]] == ["2.0", "1.0"]
+
     client.patch("/api/v1/adapters/alice/first", headers=auth(token),
                  json={"visibility": "private"})
+    assert reader.get("/api/v1/adapters/alice/first").status_code == 404
+    assert reader.get("/api/v1/adapters/alice/first", headers=auth(token)).status_code == 200
     assert api_names(reader) == ["alice/second"]
     assert hf_names(reader) == ["alice/second"]
     assert web_lists(reader, "alice/second") and not web_lists(reader, "alice/first")
     assert set(api_names(reader, token=token)) == {"alice/first", "alice/second"}
 
     before = api_names(reader, "?search=first", token=token)
-    client.post("/api/v1/adapters/alice/first/versions/1.0/yank", headers=auth(token), json={})
+    client.post("/api/v1/adapters/alice/first/versions/2.0/yank", headers=auth(token), json={})
     items = reader.get("/api/v1/adapters?search=first", headers=auth(token)).get_json()["items"]
-    assert before == ["alice/first"] and items[0]["latest_version"] is None
+    assert before == ["alice/first"] and items[0]["latest_version"] == "1.0"
 
 
 def test_each_audience_has_its_own_listings(app, client, make_user, lora_dir, other_lora_dir):
@@ -164,8 +172,11 @@ def test_download_counts_in_a_listing_are_at_most_max_age_old(app, client, make_
         return client.get("/api/v1/adapters").get_json()["items"][0]["downloads"]
 
     assert listed_downloads() == 0
+    assert client.get("/api/v1/adapters/alice/tiny").get_json()["downloads"] == 0
     client.get(f"/api/v1/adapters/alice/tiny/versions/1.0/files/{MODEL}")
-    assert client.get("/api/v1/adapters/alice/tiny").get_json()["downloads"] == 1  # exact
+    # The adapter's own view is kept too, but its count is read for every request.
+    assert client.get("/api/v1/adapters/alice/tiny").get_json()["downloads"] == 1
+    assert hub_of(app).listings.hits == 1
     now[0] += 9.9
     assert listed_downloads() == 0  # the kept listing, not yet max_age old
     now[0] += 0.2
