@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-
 from itertools import chain
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index,
@@ -368,7 +367,6 @@ def _bump_catalog_generation(session: Session) -> None:
     if session.info.pop(_CATALOG_WRITTEN, False):
         session.execute(update(CatalogState).where(CatalogState.id == 1)
                         .values(generation=CatalogState.generation + 1))
-        session.info.pop(_CATALOG_WRITTEN, None)
 
 
 @event.listens_for(Session, "after_rollback")
