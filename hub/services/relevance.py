@@ -8,6 +8,8 @@ page has its rows, each level is read one of two ways:
 - walked: the adapters in the downloads order, each row's level checked, over a stretch
   of WINDOW_PER_ROW adapters per row wanted. A level holding at least about one adapter
   in WINDOW_PER_ROW fills the page in that stretch, reading only the rows up to its last;
+  the first tenth of the stretch is a probe, and a level too sparse there for the rest
+  to fill the page is not walked further (a rare word costs a short walk);
 - when the walk falls short, fetched whole through the full-text index, which can tell
   the fields apart (that level is sparse: few rows to sort).
 The walk comes first because it is the cheap way for the levels a page usually comes
@@ -30,8 +32,10 @@ from hub.services.search import Terms
 
 #: A search with fewer matches is ranked whole, once a level has to be fetched whole.
 FEW_MATCHES = 1000
-#: How many adapters, in the downloads order, a walk reads per row it wants at most.
+#: How many adapters, in the downloads order, a walk reads per row it wants at most...
 WINDOW_PER_ROW = 100
+#: ... and how many of them first, to tell whether the rest is worth reading.
+PROBE_PER_ROW = 10
 
 Key = tuple[int, int, int]
 
@@ -77,55 +81,70 @@ class _Level:
         self.start, self.dialect = start, dialect
 
     def walk(self, want: int) -> list[Key] | None:
-        """The level's first `want` keys if a stretch of WINDOW_PER_ROW * want adapters
-        in the downloads order holds them (or all there are, when no more follow);
-        else None."""
-        window = WINDOW_PER_ROW * want
-        if self.dialect == "postgresql":
-            return self._walk_window(want, window)
-        # Where the stretch ends: found in the index alone (no filter, no row read). The
-        # walk is then one index range, read in order until it has `want` rows.
-        end = self._after_start(select(Adapter.downloads, Adapter.id))
-        end = self.session.execute(
-            end.order_by(Adapter.downloads.desc(), Adapter.id.desc())
-            .offset(window - 1).limit(1)).first()
-        page = self.narrow(select(Adapter.downloads, Adapter.id)
-                           .where(search.at_level(self.terms, self.total)))
-        page = self._after_start(page)
-        if end is not None:
-            page = page.where(tuple_(Adapter.downloads, Adapter.id) >= tuple_(*end))
-        keys = self._keys(page, want)
+        """The level's first `want` keys if the next WINDOW_PER_ROW * want adapters in
+        the downloads order hold them (or all there are, when no more follow); else None.
+
+        The first PROBE_PER_ROW * want adapters are a probe: when the rows found there
+        say the whole window will not hold `want` of them, the rest is not read.
+        """
+        probe = min(PROBE_PER_ROW, WINDOW_PER_ROW)
+        keys, end = self._stretch(self.start, probe * want, want)
+        if len(keys) == want or end is None:
+            return keys
+        if probe == WINDOW_PER_ROW or len(keys) * WINDOW_PER_ROW < want * probe:
+            return None
+        more, end = self._stretch(end, (WINDOW_PER_ROW - probe) * want, want - len(keys))
+        keys += more
         return keys if len(keys) == want or end is None else None
 
-    def _walk_window(self, want: int, window: int) -> list[Key] | None:
-        # PostgreSQL's planner cannot know how dense a level is: over a bounded range it
-        # reads every row of the range (bitmap) and sorts them. A window it must take in
-        # order (ORDER BY, LIMIT) is read along the index and stops at the page's last row.
-        stretch = self._after_start(self.narrow(select(
-            Adapter.downloads, Adapter.id, Adapter.search_name, Adapter.search_tags,
-            Adapter.search_text)))
-        stretch = stretch.order_by(Adapter.downloads.desc(), Adapter.id.desc())
-        stretch = stretch.limit(window).subquery()
-        page = (select(stretch.c.downloads, stretch.c.id)
-                .where(search.at_level(self.terms, self.total, stretch.c))
-                .order_by(stretch.c.downloads.desc(), stretch.c.id.desc()).limit(want))
-        keys = [(self.total, downloads, id_) for downloads, id_ in self.session.execute(page)]
-        if len(keys) == want:
-            return keys
-        seen = self.session.scalar(select(func.count()).select_from(stretch))
-        return keys if seen < window else None
+    def _stretch(self, start: tuple | None, rows: int, want: int
+                 ) -> tuple[list[Key], tuple | None]:
+        """The level's first `want` keys among the `rows` adapters after `start`, and the
+        key of the last of those adapters (None: fewer than `rows` follow)."""
+        order = (Adapter.downloads.desc(), Adapter.id.desc())
+        if self.dialect == "postgresql":
+            # PostgreSQL's planner cannot know how dense a level is: over a bounded range
+            # it reads every row of the range (bitmap) and sorts them. A window it must
+            # take in order (ORDER BY, LIMIT) is read along the index, and the outer
+            # LIMIT stops it at the level's last wanted row.
+            stretch = _after(self.narrow(select(
+                Adapter.downloads, Adapter.id, Adapter.search_name, Adapter.search_tags,
+                Adapter.search_text)), start).order_by(*order).limit(rows).subquery()
+            page = (select(stretch.c.downloads, stretch.c.id)
+                    .where(search.at_level(self.terms, self.total, stretch.c))
+                    .order_by(stretch.c.downloads.desc(), stretch.c.id.desc()).limit(want))
+            keys = [(self.total, *row) for row in self.session.execute(page)]
+            if len(keys) == want:
+                return keys, None
+            end = _after(self.narrow(select(Adapter.downloads, Adapter.id)), start)
+            return keys, self._last(end.order_by(*order), rows)
+        # SQLite: where the stretch ends, from the index alone (no filter: no row read),
+        # then one index range, read in order until it has `want` rows.
+        end = self._last(_after(select(Adapter.downloads, Adapter.id), start).order_by(*order),
+                         rows)
+        page = _after(self.narrow(select(Adapter.downloads, Adapter.id)
+                                  .where(search.at_level(self.terms, self.total))), start)
+        if end is not None:
+            page = page.where(tuple_(Adapter.downloads, Adapter.id) >= tuple_(*end))
+        return self._keys(page, want), end
+
+    def _last(self, ordered: Select, rows: int) -> tuple | None:
+        found = self.session.execute(ordered.offset(rows - 1).limit(1)).first()
+        return None if found is None else tuple(found)
 
     def whole(self, in_level, want: int) -> list[Key]:
         """The level's first `want` keys, from every row of it the index finds."""
-        return self._keys(self._after_start(self.narrow(
-            select(Adapter.downloads, Adapter.id).where(in_level))), want)
+        return self._keys(_after(self.narrow(
+            select(Adapter.downloads, Adapter.id).where(in_level)), self.start), want)
 
     def _keys(self, page: Select, want: int) -> list[Key]:
         page = page.order_by(Adapter.downloads.desc(), Adapter.id.desc()).limit(want)
         return [(self.total, downloads, id_) for downloads, id_ in self.session.execute(page)]
 
-    def _after_start(self, stmt: Select) -> Select:
-        if self.start is None:
-            return stmt
-        # A row value, not `a < x OR (a = x AND id < y)`: an index range starts at it.
-        return stmt.where(tuple_(Adapter.downloads, Adapter.id) < tuple_(*self.start))
+
+def _after(stmt: Select, start: tuple | None) -> Select:
+    """`stmt` from the (downloads, id) key `start` on (None: from the top)."""
+    if start is None:
+        return stmt
+    # A row value, not `a < x OR (a = x AND id < y)`: an index range starts at it.
+    return stmt.where(tuple_(Adapter.downloads, Adapter.id) < tuple_(*start))

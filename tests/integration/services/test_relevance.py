@@ -92,11 +92,12 @@ SEARCHES = ["alpha", "beta", "alpha beta", "gamma alpha", "alpha beta gamma", "a
             "alpha n1", "zzz", "alpha zzz"]
 
 
-@pytest.mark.parametrize("window", [1, 3, 100])
+@pytest.mark.parametrize("window,probe", [(1, 1), (3, 1), (12, 2), (100, 10)])
 @pytest.mark.parametrize("text", SEARCHES)
 def test_level_pages_are_the_full_ranking_across_levels_and_cursors(
-        db, level_by_level, window, text):
+        db, level_by_level, window, probe, text):
     level_by_level.setattr(relevance, "WINDOW_PER_ROW", window)
+    level_by_level.setattr(relevance, "PROBE_PER_ROW", probe)
     for limit in (3, 25):
         query = Query(search=text, limit=limit)
         assert every_page(db, None, query, whole=False) == every_page(
@@ -113,12 +114,13 @@ def test_every_level_of_three_words_is_populated(db):
     assert totals == {total for total, _ in search.levels(terms)}
 
 
-@pytest.mark.parametrize("window", [1, 100])
+@pytest.mark.parametrize("window", [1, 12, 100])
 @pytest.mark.parametrize("filters", [
     {"tag": "lora"}, {"tag": "alpha"}, {"base_model": "ORG/base-a"}, {"license": "mit"},
     {"owner": "owner1"}, {"owner": "owner1", "tag": "peft"}])
 def test_level_pages_with_filters_are_the_full_ranking(db, level_by_level, window, filters):
     level_by_level.setattr(relevance, "WINDOW_PER_ROW", window)
+    level_by_level.setattr(relevance, "PROBE_PER_ROW", 2)
     for text in ("alpha", "alpha beta", "beta gamma alpha"):
         query = Query(search=text, limit=7, **filters)
         assert every_page(db, None, query, whole=False) == every_page(
