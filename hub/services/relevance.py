@@ -30,7 +30,7 @@ from hub.models import Adapter
 from hub.services import search
 from hub.services.search import Terms
 
-#: A search with fewer matches is ranked whole, once a level has to be fetched whole.
+#: A search with fewer matches is ranked whole, when a walk finds none of a level's rows.
 FEW_MATCHES = 1000
 #: How many adapters, in the downloads order, a walk reads per row it wants at most...
 WINDOW_PER_ROW = 100
@@ -57,15 +57,16 @@ def ranked_keys(session: Session, narrow: Callable[[Select], Select], terms: Ter
             continue
         start = tuple(after[1:]) if after is not None and total == after[0] else None
         want = need - len(found)
-        level = _Level(session, narrow, terms, total, start, dialect)
+        level = _Level(session, narrow, terms, total, ways, start, dialect)
         keys = level.walk(want)
         if keys is None:
-            if not checked_few:
+            # A walk that found nothing at all may mean a rare search, not a sparse level.
+            if not checked_few and not level.seen:
                 checked_few = True
                 matches = search.candidates(terms, dialect).limit(FEW_MATCHES).subquery()
                 if session.scalar(select(func.count()).select_from(matches)) < FEW_MATCHES:
                     return None
-            keys = level.whole(search.in_level(terms, ways, dialect), want)
+            keys = level.whole(want)
         found += keys
         if len(found) >= need:
             break
@@ -75,10 +76,12 @@ def ranked_keys(session: Session, narrow: Callable[[Select], Select], terms: Ter
 class _Level:
     """One score level of a search, from a (downloads, id) start on (None: the top)."""
 
-    def __init__(self, session: Session, narrow, terms: Terms, total: int,
+    def __init__(self, session: Session, narrow, terms: Terms, total: int, ways,
                  start: tuple | None, dialect: str):
         self.session, self.narrow, self.terms, self.total = session, narrow, terms, total
+        self.ways = ways
         self.start, self.dialect = start, dialect
+        self.seen = False  # whether a walk found any row of the level
 
     def walk(self, want: int) -> list[Key] | None:
         """The level's first `want` keys if the next WINDOW_PER_ROW * want adapters in
@@ -89,6 +92,7 @@ class _Level:
         """
         probe = min(PROBE_PER_ROW, WINDOW_PER_ROW)
         keys, end = self._stretch(self.start, probe * want, want)
+        self.seen = bool(keys)
         if len(keys) == want or end is None:
             return keys
         if probe == WINDOW_PER_ROW or len(keys) * WINDOW_PER_ROW < want * probe:
@@ -111,7 +115,7 @@ class _Level:
                 Adapter.downloads, Adapter.id, Adapter.search_name, Adapter.search_tags,
                 Adapter.search_text)), start).order_by(*order).limit(rows).subquery()
             page = (select(stretch.c.downloads, stretch.c.id)
-                    .where(search.at_level(self.terms, self.total, stretch.c))
+                    .where(search.at_level(self.terms, self.ways, stretch.c))
                     .order_by(stretch.c.downloads.desc(), stretch.c.id.desc()).limit(want))
             keys = [(self.total, *row) for row in self.session.execute(page)]
             if len(keys) == want:
@@ -123,7 +127,7 @@ class _Level:
         end = self._last(_after(select(Adapter.downloads, Adapter.id), start).order_by(*order),
                          rows)
         page = _after(self.narrow(select(Adapter.downloads, Adapter.id)
-                                  .where(search.at_level(self.terms, self.total))), start)
+                                  .where(search.at_level(self.terms, self.ways))), start)
         if end is not None:
             page = page.where(tuple_(Adapter.downloads, Adapter.id) >= tuple_(*end))
         return self._keys(page, want), end
@@ -132,8 +136,9 @@ class _Level:
         found = self.session.execute(ordered.offset(rows - 1).limit(1)).first()
         return None if found is None else tuple(found)
 
-    def whole(self, in_level, want: int) -> list[Key]:
+    def whole(self, want: int) -> list[Key]:
         """The level's first `want` keys, from every row of it the index finds."""
+        in_level = search.in_level(self.terms, self.ways, self.dialect)
         return self._keys(_after(self.narrow(
             select(Adapter.downloads, Adapter.id).where(in_level)), self.start), want)
 

@@ -117,11 +117,23 @@ def _has(column, word: str) -> ColumnElement[bool]:
     return literal(" ").concat(column).like(f"% {word}%")
 
 
-def at_level(terms: Terms, total: int, row=Adapter) -> ColumnElement[bool]:
-    """SQL, checked row by row without any index: matches whose score is `total`."""
-    everywhere = (or_(_has(row.search_name, word), _has(row.search_tags, word),
-                      _has(row.search_text, word)) for word in terms.words)
-    return and_(*everywhere, score(terms, row) == total)
+def at_level(terms: Terms, ways: tuple[tuple[int, ...], ...], row=Adapter
+             ) -> ColumnElement[bool]:
+    """SQL, checked row by row without any index: the rows scoring one level (made the
+    `ways` of `levels`), each word in the field that gives it its score and in none that
+    scores more. Exactly the matches whose `score` is the level's total; written by
+    fields so that a row fails at its first word in the wrong place."""
+    return or_(*(and_(*(_in_field(row, word, field) for word, field in zip(terms.words, way)))
+                 for way in ways))
+
+
+def _in_field(row, word: str, field: int) -> ColumnElement[bool]:
+    name, tags = _has(row.search_name, word), _has(row.search_tags, word)
+    if field == NAME_SCORE:
+        return name
+    if field == TAG_SCORE:
+        return and_(~name, tags)
+    return and_(~name, ~tags, _has(row.search_text, word))
 
 
 def in_level(terms: Terms, ways: tuple[tuple[int, ...], ...], dialect: str
