@@ -21,7 +21,7 @@ instead (`ranked_keys` says None): a level-by-level look would cost it more.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy import Select, func, select, tuple_
 from sqlalchemy.orm import Session
@@ -38,6 +38,8 @@ WINDOW_PER_ROW = 100
 PROBE_PER_ROW = 10
 
 Key = tuple[int, int, int]
+#: Where a walk's stretch ends when no adapter follows it.
+_END = object()
 
 
 def ranked_keys(session: Session, narrow: Callable[[Select], Select], terms: Terms,
@@ -93,18 +95,22 @@ class _Level:
         probe = min(PROBE_PER_ROW, WINDOW_PER_ROW)
         keys, end = self._stretch(self.start, probe * want, want)
         self.seen = bool(keys)
-        if len(keys) == want or end is None:
+        if len(keys) == want or end is _END:
             return keys
         if probe == WINDOW_PER_ROW or len(keys) * WINDOW_PER_ROW < want * probe:
             return None
+        if end is None:
+            end = self._window_end(self.start, probe * want)
+            if end is _END:
+                return keys
         more, end = self._stretch(end, (WINDOW_PER_ROW - probe) * want, want - len(keys))
         keys += more
-        return keys if len(keys) == want or end is None else None
+        return keys if len(keys) == want or end is _END else None
 
-    def _stretch(self, start: tuple | None, rows: int, want: int
-                 ) -> tuple[list[Key], tuple | None]:
+    def _stretch(self, start: tuple | None, rows: int, want: int) -> tuple[list[Key], object]:
         """The level's first `want` keys among the `rows` adapters after `start`, and the
-        key of the last of those adapters (None: fewer than `rows` follow)."""
+        key of the last of those adapters: _END when fewer follow, None when not looked
+        up (PostgreSQL, where it costs a statement: `_window_end`)."""
         order = (Adapter.downloads.desc(), Adapter.id.desc())
         if self.dialect == "postgresql":
             # PostgreSQL's planner cannot know how dense a level is: over a bounded range
@@ -117,24 +123,26 @@ class _Level:
             page = (select(stretch.c.downloads, stretch.c.id)
                     .where(search.at_level(self.terms, self.ways, stretch.c))
                     .order_by(stretch.c.downloads.desc(), stretch.c.id.desc()).limit(want))
-            keys = [(self.total, *row) for row in self.session.execute(page)]
-            if len(keys) == want:
-                return keys, None
-            end = _after(self.narrow(select(Adapter.downloads, Adapter.id)), start)
-            return keys, self._last(end.order_by(*order), rows)
+            return [(self.total, *row) for row in self.session.execute(page)], None
         # SQLite: where the stretch ends, from the index alone (no filter: no row read),
         # then one index range, read in order until it has `want` rows.
         end = self._last(_after(select(Adapter.downloads, Adapter.id), start).order_by(*order),
                          rows)
         page = _after(self.narrow(select(Adapter.downloads, Adapter.id)
                                   .where(search.at_level(self.terms, self.ways))), start)
-        if end is not None:
+        if end is not _END:
             page = page.where(tuple_(Adapter.downloads, Adapter.id) >= tuple_(*end))
         return self._keys(page, want), end
 
-    def _last(self, ordered: Select, rows: int) -> tuple | None:
+    def _window_end(self, start: tuple | None, rows: int):
+        """The key of the last adapter of PostgreSQL's window (the filtered `rows`
+        after `start`), or _END when fewer follow."""
+        window = _after(self.narrow(select(Adapter.downloads, Adapter.id)), start)
+        return self._last(window.order_by(Adapter.downloads.desc(), Adapter.id.desc()), rows)
+
+    def _last(self, ordered: Select, rows: int):
         found = self.session.execute(ordered.offset(rows - 1).limit(1)).first()
-        return None if found is None else tuple(found)
+        return _END if found is None else tuple(found)
 
     def whole(self, want: int) -> list[Key]:
         """The level's first `want` keys, from every row of it the index finds."""
