@@ -296,9 +296,10 @@ def search_adapters(session: Session, principal: Principal | None,
     dialect = session.get_bind().dialect.name
     ranked = None
     if sort == "relevance" and terms:
+        others = any((query.base_model, query.license, query.task, query.owner, query.tag))
         ranked = relevance.ranked_keys(
             session, lambda stmt: _filtered(stmt, principal, query, Terms(()), dialect),
-            terms, after, query.limit + 1, dialect)
+            others, terms, after, query.limit + 1, dialect)
     if ranked is not None:
         rows = _load_keys(session, ranked)
     else:

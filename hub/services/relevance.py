@@ -42,13 +42,14 @@ Key = tuple[int, int, int]
 _END = object()
 
 
-def ranked_keys(session: Session, narrow: Callable[[Select], Select], terms: Terms,
-                after: list | None, need: int, dialect: str) -> list[Key] | None:
+def ranked_keys(session: Session, narrow: Callable[[Select], Select], filtered: bool,
+                terms: Terms, after: list | None, need: int, dialect: str
+                ) -> list[Key] | None:
     """The keys (score, downloads, id) of the first `need` matches after the cursor
     `after`, in relevance order; None when the search is better ranked whole.
 
     `narrow` adds the caller's visibility and the query's other filters to a statement
-    over adapters.
+    over adapters; `filtered` says whether there are other filters.
     """
     if len(terms.words) > search.MAX_LEVEL_WORDS:
         return None
@@ -59,7 +60,7 @@ def ranked_keys(session: Session, narrow: Callable[[Select], Select], terms: Ter
             continue
         start = tuple(after[1:]) if after is not None and total == after[0] else None
         want = need - len(found)
-        level = _Level(session, narrow, terms, total, ways, start, dialect)
+        level = _Level(session, narrow, filtered, terms, total, ways, start, dialect)
         keys = level.walk(want)
         if keys is None:
             # A walk that found nothing at all may mean a rare search, not a sparse level.
@@ -78,10 +79,10 @@ def ranked_keys(session: Session, narrow: Callable[[Select], Select], terms: Ter
 class _Level:
     """One score level of a search, from a (downloads, id) start on (None: the top)."""
 
-    def __init__(self, session: Session, narrow, terms: Terms, total: int, ways,
-                 start: tuple | None, dialect: str):
+    def __init__(self, session: Session, narrow, filtered: bool, terms: Terms, total: int,
+                 ways, start: tuple | None, dialect: str):
         self.session, self.narrow, self.terms, self.total = session, narrow, terms, total
-        self.ways = ways
+        self.filtered, self.ways = filtered, ways
         self.start, self.dialect = start, dialect
         self.seen = False  # whether a walk found any row of the level
 
@@ -103,14 +104,20 @@ class _Level:
             end = self._window_end(self.start, probe * want)
             if end is _END:
                 return keys
-        more, end = self._stretch(end, (WINDOW_PER_ROW - probe) * want, want - len(keys))
+        # With filters, SQLite finds where a stretch ends by reading its rows; past a
+        # probe that promises the page, the walk is left to end where the page does.
+        rest = None if self.filtered and self.dialect != "postgresql" else (
+            (WINDOW_PER_ROW - probe) * want)
+        more, end = self._stretch(end, rest, want - len(keys))
         keys += more
         return keys if len(keys) == want or end is _END else None
 
-    def _stretch(self, start: tuple | None, rows: int, want: int) -> tuple[list[Key], object]:
-        """The level's first `want` keys among the `rows` adapters after `start`, and the
-        key of the last of those adapters: _END when fewer follow, None when not looked
-        up (PostgreSQL, where it costs a statement: `_window_end`)."""
+    def _stretch(self, start: tuple | None, rows: int | None, want: int
+                 ) -> tuple[list[Key], object]:
+        """The level's first `want` keys among the `rows` adapters after `start` (None:
+        all of them; SQLite only), and the key of the last of those adapters: _END when
+        fewer follow, None when not looked up (PostgreSQL, where it costs a statement:
+        `_window_end`)."""
         order = (Adapter.downloads.desc(), Adapter.id.desc())
         if self.dialect == "postgresql":
             # PostgreSQL's planner cannot know how dense a level is: over a bounded range
@@ -124,10 +131,13 @@ class _Level:
                     .where(search.at_level(self.terms, self.ways, stretch.c))
                     .order_by(stretch.c.downloads.desc(), stretch.c.id.desc()).limit(want))
             return [(self.total, *row) for row in self.session.execute(page)], None
-        # SQLite: where the stretch ends, from the index alone (no filter: no row read),
-        # then one index range, read in order until it has `want` rows.
-        end = self._last(_after(select(Adapter.downloads, Adapter.id), start).order_by(*order),
-                         rows)
+        # SQLite: where the stretch ends, then one index range, read in order until it has
+        # `want` rows. Without filters (but visibility: most adapters are public) the end
+        # comes from the index alone, no row read; a filter (an owner, a tag) may leave
+        # few of those adapters, so the stretch is then counted in the adapters it keeps.
+        ends = select(Adapter.downloads, Adapter.id)
+        end = _END if rows is None else self._last(
+            _after(self.narrow(ends) if self.filtered else ends, start).order_by(*order), rows)
         page = _after(self.narrow(select(Adapter.downloads, Adapter.id)
                                   .where(search.at_level(self.terms, self.ways))), start)
         if end is not _END:
