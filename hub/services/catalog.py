@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import exists, func, literal, select, tuple_, update
+from sqlalchemy import exists, select, tuple_, update
 from sqlalchemy.orm import Session, contains_eager, selectinload, undefer
 
 from hub.errors import InvalidRequest, InvalidVersion, NotFound
@@ -15,7 +15,7 @@ from hub.licenses import get_license
 from hub.models import Adapter, AdapterTag, User, Version, VersionFile, VersionParent, utcnow
 from hub.services.access import require_owner, visible_clause
 from hub.services.accounts import Principal
-from hub.services import search
+from hub.services import relevance, search
 from hub.services.names import check_adapter_name, check_text, check_user_name, parse_metadata
 from hub.services.search import Terms
 from hub.services.shapes import latest_version
@@ -290,7 +290,9 @@ def search_adapters(session: Session, principal: Principal | None,
 
     The one catalog query every surface uses. The page's ids are found first from the
     narrow columns its order needs, then joined to the adapters, their owners and latest
-    version labels in the same statement; the page's tags come in a second.
+    version labels in the same statement; the page's tags come in a second. A search in
+    relevance order is read a score level at a time (hub.services.relevance) unless
+    ranking every match costs less.
     """
     terms, sort = query.terms, query.order
     if not terms and query.search and query.search.strip():
@@ -298,14 +300,15 @@ def search_adapters(session: Session, principal: Principal | None,
     columns, descending, _ = _SORTS[sort]
     after = _decode_cursor(sort, query.cursor) if query.cursor else None
     dialect = session.get_bind().dialect.name
-    rows = None
-    if sort == "relevance" and terms and _many_matches(session, terms, dialect):
-        shortcut = _top_score_page(principal, query, terms, after, dialect)
-        if shortcut is not None:
-            rows = _load_page(session, shortcut, 3, descending)
-            if len(rows) <= query.limit:
-                rows = None  # the shortcut could not fill the page: rank every match
-    if rows is None:
+    ranked = None
+    if sort == "relevance" and terms:
+        others = any((query.base_model, query.license, query.task, query.owner, query.tag))
+        ranked = relevance.ranked_keys(
+            session, lambda stmt: _filtered(stmt, principal, query, Terms(()), dialect),
+            others, terms, after, query.limit + 1, dialect)
+    if ranked is not None:
+        rows = _load_keys(session, ranked)
+    else:
         keys = [search.score(terms) if column is None else column for column in columns]
         keys.append(Adapter.id)
         page = select(*(key.label(f"k{n}") for n, key in enumerate(keys)))
@@ -323,47 +326,6 @@ def search_adapters(session: Session, principal: Principal | None,
         last = rows[-1]
         next_cursor = _encode_cursor(sort, [*last[1:], last[0].id])
     return [row[0] for row in rows], next_cursor
-
-
-#: How many adapters, by downloads, the top-score shortcut looks through...
-DENSE_WINDOW = 1000
-#: ... when a search has at least this many matches (a smaller set is ranked in full:
-#: ranking all of it costs less than the shortcut's look-up).
-DENSE_MATCHES = 2000
-
-
-def _many_matches(session: Session, terms: Terms, dialect: str) -> bool:
-    """Whether a search has DENSE_MATCHES matches or more, counting no further."""
-    first = search.candidates(terms, dialect).limit(DENSE_MATCHES).subquery()
-    return session.scalar(select(func.count()).select_from(first)) >= DENSE_MATCHES
-
-
-def _top_score_page(principal: Principal | None, query: Query, terms: Terms, after,
-                    dialect: str):
-    """The page's keys when it can come from adapters whose names hold every search word.
-
-    Those have the top score, so among them the ranking is the downloads order: when the
-    first DENSE_WINDOW adapters by downloads that pass the other filters (from the cursor
-    on) hold a full page of them, that is the page, found without scoring every match. A common word costs this
-    window instead of all its matches; the caller ranks every match when the page is not
-    full. None when the cursor is already past the top score.
-    """
-    top = search.top_score(terms)
-    order = (Adapter.downloads.desc(), Adapter.id.desc())
-    # The window holds the columns the test needs, so each of its rows is read once, in
-    # index order, and no planner can turn it into a scan of every adapter.
-    window = select(Adapter.id, Adapter.downloads, Adapter.search_name)
-    if after is not None:
-        if after[0] != top:
-            return None
-        window = window.where(tuple_(Adapter.downloads, Adapter.id) < tuple_(*after[1:]))
-    window = _filtered(window, principal, query, Terms(()), dialect)
-    window = window.order_by(*order).limit(DENSE_WINDOW).subquery()
-    page = (select(literal(top).label("k0"), window.c.downloads.label("k1"),
-                   window.c.id.label("k2"))
-            .where(search.in_names(terms, window.c.search_name))
-            .order_by(window.c.downloads.desc(), window.c.id.desc()))
-    return page.limit(query.limit + 1).subquery()
 
 
 def latest_versions(session: Session, adapters: list[Adapter]) -> dict[int, Version]:
@@ -387,6 +349,17 @@ def _load_page(session: Session, page, keys: int, descending: bool) -> list:
                      selectinload(Adapter.tags))
             .order_by(*(key.desc() if descending else key.asc() for key in found)))
     return session.execute(stmt).all()
+
+
+def _load_keys(session: Session, keys: list) -> list:
+    """`_load_page` for a page whose keys (score, downloads, id) are already known."""
+    if not keys:
+        return []
+    stmt = (select(Adapter).join(Adapter.owner).where(Adapter.id.in_([key[-1] for key in keys]))
+            .options(contains_eager(Adapter.owner), undefer(Adapter.latest_label),
+                     selectinload(Adapter.tags)))
+    adapters = {adapter.id: adapter for adapter in session.scalars(stmt)}
+    return [(adapters[key[-1]], *key[:-1]) for key in keys]
 
 
 def _filtered(stmt, principal: Principal | None, query: Query, terms: Terms, dialect: str):

@@ -14,21 +14,23 @@ The rule, the same on every backend:
 Each adapter row carries its name, tags and description as space-separated words
 (`search_name`, `search_tags`, `search_text`): cut here (`document`) and written by a
 mapper event in hub.models whenever one of the three changes, so no code path (publish,
-PATCH, tag changes, merges published) can forget it. The score is plain
-SQL over the two short columns, so both backends compute the same integers; the full-text
-index only finds candidates fast: on PostgreSQL a GIN index over the words as a tsvector,
-on SQLite an FTS5 table the database keeps in step by triggers (migration 0005). Neither
-backend's own tokenizer sees the text: both index the words cut here, so they agree on
-what a word is.
+PATCH, tag changes, merges published) can forget it. The score is plain SQL over the two
+short columns, so both backends compute the same integers; the full-text index finds
+candidates fast, and the rows of one score level (`levels`: which field holds each
+word): on PostgreSQL a GIN index over the words as a tsvector, on SQLite an FTS5 table
+that keeps each word's columns, kept in step by triggers (migrations 0005 and 0008).
+Neither backend's own tokenizer sees the text: both index the words cut here, so they
+agree on what a word is.
 """
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from dataclasses import dataclass
 
 from sqlalchemy import (ColumnElement, Integer, Select, and_, case, cast, literal,
-                        literal_column, select, table)
+                        literal_column, or_, select, table)
 from sqlalchemy.dialects.postgresql import TSQUERY
 
 from hub.errors import InvalidRequest
@@ -82,29 +84,91 @@ class Terms:
         return bool(self.words)
 
 
-def score(terms: Terms) -> ColumnElement[int]:
-    """SQL: the relevance score of a matching row (the rule in the module docstring)."""
+def score(terms: Terms, row=Adapter) -> ColumnElement[int]:
+    """SQL: the relevance score of a matching row (the rule in the module docstring);
+    `row` is the adapters table, or a subquery's columns that include its search ones."""
     if not terms:
         return literal(0, Integer)
     total = None
     for word in terms.words:
-        prefix = f"% {word}%"  # words are letters and digits: nothing to escape
-        each = case((literal(" ").concat(Adapter.search_name).like(prefix), NAME_SCORE),
-                    (literal(" ").concat(Adapter.search_tags).like(prefix), TAG_SCORE),
-                    else_=TEXT_SCORE)
+        each = case((_has(row.search_name, word), NAME_SCORE),
+                    (_has(row.search_tags, word), TAG_SCORE), else_=TEXT_SCORE)
         total = each if total is None else total + each
     return total
 
 
-def top_score(terms: Terms) -> int:
-    """The highest score `terms` can give: every word in the name."""
-    return NAME_SCORE * len(terms.words)
+#: Searches of at most this many words are ranked one score level at a time (`levels`):
+#: a level is an OR of every way to give each word a field, 3**words of them.
+MAX_LEVEL_WORDS = 3
+_FIELDS = (NAME_SCORE, TAG_SCORE, TEXT_SCORE)
 
 
-def in_names(terms: Terms, search_name=Adapter.search_name) -> ColumnElement[bool]:
-    """SQL: rows whose name holds every word (the rows scoring `top_score`)."""
-    return and_(*(literal(" ").concat(search_name).like(f"% {word}%")
-                  for word in terms.words))
+def levels(terms: Terms) -> list[tuple[int, tuple[tuple[int, ...], ...]]]:
+    """Each total score the words can make, highest first, with the ways to make it: for
+    each way, every word's score (which of its fields is the first to hold it)."""
+    ways: dict[int, list[tuple[int, ...]]] = {}
+    for way in itertools.product(_FIELDS, repeat=len(terms.words)):
+        ways.setdefault(sum(way), []).append(way)
+    return sorted(((total, tuple(each)) for total, each in ways.items()), reverse=True)
+
+
+def _has(column, word: str) -> ColumnElement[bool]:
+    # Whether a word of `column` starts with `word` (letters and digits: nothing to escape).
+    return literal(" ").concat(column).like(f"% {word}%")
+
+
+def at_level(terms: Terms, ways: tuple[tuple[int, ...], ...], row=Adapter
+             ) -> ColumnElement[bool]:
+    """SQL, checked row by row without any index: the rows scoring one level (made the
+    `ways` of `levels`), each word in the field that gives it its score and in none that
+    scores more. Exactly the matches whose `score` is the level's total; written by
+    fields so that a row fails at its first word in the wrong place."""
+    return or_(*(and_(*(_in_field(row, word, field) for word, field in zip(terms.words, way)))
+                 for way in ways))
+
+
+def _in_field(row, word: str, field: int) -> ColumnElement[bool]:
+    name, tags = _has(row.search_name, word), _has(row.search_tags, word)
+    if field == NAME_SCORE:
+        return name
+    if field == TAG_SCORE:
+        return and_(~name, tags)
+    return and_(~name, ~tags, _has(row.search_text, word))
+
+
+def in_level(terms: Terms, ways: tuple[tuple[int, ...], ...], dialect: str
+             ) -> ColumnElement[bool]:
+    """SQL: the rows scoring one level (made the `ways` of `levels`), found through the
+    full-text index: each word in the field that gives it its score, and in none that
+    scores more."""
+    if dialect == "postgresql":
+        return _pg_level(terms, ways)
+    query = " OR ".join("(" + " AND ".join(_fts_field(word, field) for word, field
+                                           in zip(terms.words, way)) + ")" for way in ways)
+    return Adapter.id.in_(_fts_ids(query).scalar_subquery())
+
+
+def _pg_level(terms: Terms, ways: tuple[tuple[int, ...], ...]) -> ColumnElement[bool]:
+    query = " | ".join("(" + " & ".join(_pg_field(word, field) for word, field
+                                        in zip(terms.words, way)) + ")" for way in ways)
+    return literal_column(PG_VECTOR).op("@@")(cast(literal(query), TSQUERY))
+
+
+# The columns (SQLite) and the marks of PG_VECTOR's lexemes (PostgreSQL) of each field.
+_FTS_COLUMNS = {NAME_SCORE: "search_name", TAG_SCORE: "search_tags", TEXT_SCORE: "search_text"}
+_PG_MARKS = {NAME_SCORE: "=", TAG_SCORE: "+"}
+
+
+def _fts_field(word: str, field: int) -> str:
+    found = f'{{{_FTS_COLUMNS[field]}}}:"{word}"*'
+    above = [_FTS_COLUMNS[other] for other in _FIELDS if other > field]
+    return f'({found} NOT {{{" ".join(above)}}}:"{word}"*)' if above else found
+
+
+def _pg_field(word: str, field: int) -> str:
+    found = f"'{_PG_MARKS.get(field, '')}{word}':*"
+    above = [f"!'{_PG_MARKS[other]}{word}':*" for other in _FIELDS if other > field]
+    return "(" + " & ".join([found, *above]) + ")"
 
 
 def matches(terms: Terms, dialect: str) -> ColumnElement[bool]:
@@ -118,7 +182,10 @@ def candidates(terms: Terms, dialect: str) -> Select:
     """SQL: the ids of the matching rows, straight from the full-text index."""
     if dialect == "postgresql":
         return select(Adapter.id).where(_pg_match(terms))
-    query = " AND ".join(f'"{word}"*' for word in terms.words)
+    return _fts_ids(" AND ".join(f'"{word}"*' for word in terms.words))
+
+
+def _fts_ids(query: str) -> Select:
     return select(literal_column("rowid")).select_from(table(FTS_TABLE)).where(
         literal_column(FTS_TABLE).op("MATCH")(query))
 
@@ -129,9 +196,16 @@ def _pg_match(terms: Terms) -> ColumnElement[bool]:
     return literal_column(PG_VECTOR).op("@@")(cast(literal(query), TSQUERY))
 
 
-#: The tsvector PostgreSQL's index is built on: the words taken verbatim (no parser),
-#: weighted name A, tags B, description C. Migration 0005 writes the same text, so the
-#: planner recognises the index's expression (written inline: a bound ' ' would not be).
-PG_VECTOR = ("(setweight(array_to_tsvector(string_to_array(search_name, ' ')), 'A')"
-             " || setweight(array_to_tsvector(string_to_array(search_tags, ' ')), 'B')"
-             " || setweight(array_to_tsvector(string_to_array(search_text, ' ')), 'C'))")
+#: The tsvector PostgreSQL's index is built on: the words taken verbatim (no parser), then
+#: each name word again as '=word' and each tag word as '+word', so a query can say which
+#: field a word must be in (`in_level`). Words are indexed without positions, and such
+#: a lexeme carries no weight, so weights could not. Migration 0008 writes the same text,
+#: so the planner recognises the index's expression (written inline: a bound ' ' would
+#: not be).
+PG_VECTOR = ("(array_to_tsvector(string_to_array(search_name, ' '))"
+             " || array_to_tsvector(string_to_array(search_tags, ' '))"
+             " || array_to_tsvector(string_to_array(search_text, ' '))"
+             " || array_to_tsvector(string_to_array("
+             "regexp_replace(search_name, '(\\S+)', '=\\1', 'g'), ' '))"
+             " || array_to_tsvector(string_to_array("
+             "regexp_replace(search_tags, '(\\S+)', '+\\1', 'g'), ' ')))")

@@ -142,15 +142,18 @@ def test_a_cursor_of_one_sort_is_refused_for_another(client, catalog):
                               f"&cursor={page['next_cursor']}"), 400, "invalid_request")
 
 
-@pytest.mark.parametrize("window", [1, 2, 3, 1000])
-def test_the_top_score_shortcut_gives_the_full_ranking_whatever_its_window(
+@pytest.mark.parametrize("window", [1, 2, 3, 100])
+def test_level_by_level_pages_give_the_full_ranking_whatever_their_window(
         client, catalog, monkeypatch, window):
-    from hub.services import catalog as service
+    from hub.services import relevance
 
-    ranked = {query: names(client, query + "&limit=100")
-              for query in ("?search=mistral", "?search=m", "?search=mistral%20chat")}
-    monkeypatch.setattr(service, "DENSE_WINDOW", window)
-    monkeypatch.setattr(service, "DENSE_MATCHES", 1)
+    queries = ("?search=mistral", "?search=m", "?search=mistral%20chat",
+               "?search=mistral%20sql%20questions")
+    monkeypatch.setattr(relevance, "ranked_keys", lambda *args: None)
+    ranked = {query: names(client, query + "&limit=100") for query in queries}
+    monkeypatch.undo()
+    monkeypatch.setattr(relevance, "WINDOW_PER_ROW", window)
+    monkeypatch.setattr(relevance, "FEW_MATCHES", 0)
     for query, full in ranked.items():
         assert every_page(client, query) == full, (window, query)
         for limit in (2, 3):

@@ -15,6 +15,7 @@ from sqlalchemy import event, text
 
 from hub.db import Database
 from hub.models import Adapter, AdapterTag, User, Version
+from hub.services import relevance
 from hub.services.catalog import Query, search_adapters
 
 ADAPTERS = 1500
@@ -48,9 +49,9 @@ def db(settings):
     database.dispose()
 
 
-def page_plan(db: Database, query: Query, containing: str = "") -> str:
+def page_plan(db: Database, query: Query, containing: str = "", sorts: bool = False) -> str:
     """The plan of the statement that finds the page's ids: the first one sent, or the
-    last whose text holds `containing`."""
+    last whose text holds `containing`; `sorts`: PostgreSQL may sort as it sees fit."""
     sent = []
 
     def grab(_conn, _cursor, statement, parameters, _context, _many):
@@ -71,12 +72,13 @@ def page_plan(db: Database, query: Query, containing: str = "") -> str:
             cursor.execute("EXPLAIN QUERY PLAN " + statement, parameters)
             lines = [row[-1] for row in cursor.fetchall()]
             # The page's own plan: what runs before its ids are joined to the rest.
-            start = next(n for n, line in enumerate(lines) if line.startswith("MATERIALIZE"))
+            start = next((n for n, line in enumerate(lines)
+                          if line.startswith("MATERIALIZE")), -1)
             inner = lines[start + 1:]
             inner = inner[:next((n for n, line in enumerate(inner)
                                  if line.startswith("SCAN anon_")), len(inner))]
             return "\n".join(inner)
-        cursor.execute("SET enable_sort = off")
+        cursor.execute(f"SET enable_sort = {'on' if sorts else 'off'}")
         cursor.execute("SET enable_seqscan = off")
         cursor.execute("EXPLAIN " + statement, parameters)
         lines = [row[0] for row in cursor.fetchall()]
@@ -125,11 +127,38 @@ def test_a_tag_filter_and_a_base_model_filter_use_indexes(db):
     assert "TEMP B-TREE" not in based and "Sort" not in based, based
 
 
-def test_search_finds_candidates_through_the_full_text_index(db):
-    # The statement that ranks every match (a page the top-score shortcut cannot fill).
+def test_search_finds_candidates_through_the_full_text_index(db, monkeypatch):
+    # The statement that ranks every match (a search not read a level at a time).
+    monkeypatch.setattr(relevance, "ranked_keys", lambda *args: None)
     match = "MATCH" if db.engine.dialect.name == "sqlite" else "@@"
     plan = page_plan(db, Query(search="poem ma", limit=100), containing=match)
     if db.engine.dialect.name == "sqlite":
         assert "VIRTUAL TABLE INDEX" in plan and "SCAN adapters" not in plan, plan
     else:
         assert "Bitmap Index Scan on ix_adapters_search_words" in plan, plan
+
+
+def test_a_dense_level_is_walked_along_the_downloads_index_without_a_sort(db):
+    # "sql" is in a third of the names: the page comes from a walk of the top level.
+    with db.session() as session:
+        _, cursor = search_adapters(session, None, Query(search="sql", limit=100))
+    for query in (Query(search="sql"), Query(search="sql", cursor=cursor)):
+        plan = page_plan(db, query, containing="LIKE")
+        assert "ix_adapters_downloads_id" in plan, plan
+        assert "TEMP B-TREE" not in plan and "Sort" not in plan, plan
+        assert "Bitmap" not in plan and "SCAN adapters\n" not in plan + "\n", plan
+
+
+def test_a_sparse_level_is_fetched_through_the_full_text_index_by_field(db, monkeypatch):
+    # A walk too short for any level: each is fetched whole, through the index.
+    monkeypatch.setattr(relevance, "WINDOW_PER_ROW", 1)
+    monkeypatch.setattr(relevance, "FEW_MATCHES", 0)
+    sqlite = db.engine.dialect.name == "sqlite"
+    plan = page_plan(db, Query(search="sql poem"), containing="MATCH" if sqlite else "@@",
+                     sorts=True)
+    if sqlite:
+        assert "VIRTUAL TABLE INDEX" in plan and "SCAN adapters" not in plan, plan
+    else:
+        assert "Bitmap Index Scan on ix_adapters_search_words" in plan, plan
+        # The top level: both words in the name (the marked lexemes of migration 0008).
+        assert "''=sql'':* & ''=poem'':*" in plan, plan
