@@ -1,7 +1,7 @@
 """search fields: the full-text index says which field each word is in
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-02 08:00:00
 
 Ranking one score level at a time asks the index for rows whose words are in given
@@ -20,7 +20,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = '0008'
-down_revision = '0006'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
