@@ -26,10 +26,10 @@ def list_adapters():
     query = catalog.parse_query(request.args)
     principal, hub = current_principal(), current_hub()
 
-    def page() -> str:
+    def page() -> bytes:
         rows, next_cursor = catalog.search_adapters(session, principal, query)
-        return current_app.json.dumps({"items": [adapter_summary(row) for row in rows],
-                                       "next_cursor": next_cursor}) + "\n"
+        return current_app.json.response({"items": [adapter_summary(row) for row in rows],
+                                          "next_cursor": next_cursor}).get_data()
 
     with hub.db.session() as session:
         body = hub.listings.get(session, ("api", query, audience(principal)), page)

@@ -79,11 +79,11 @@ def list_models():
     query = catalog.parse_query({key: value for key, value in args.items() if value})
     principal, hub = current_principal(), current_hub()
 
-    def page() -> tuple[str, str | None]:
+    def page() -> tuple[bytes, str | None]:
         rows, next_cursor = catalog.search_adapters(session, principal, query)
         latest = catalog.latest_versions(session, rows)
         models = [model_summary(row, latest.get(row.id)) for row in rows]
-        return current_app.json.dumps(models) + "\n", next_cursor
+        return current_app.json.response(models).get_data(), next_cursor
 
     with hub.db.session() as session:
         body, next_cursor = hub.listings.get(session, ("hf", query, audience(principal)), page)

@@ -205,3 +205,15 @@ def test_least_recently_used_listings_go_first(app, client):
     api_names(client, "?sort=name")      # kept: used more recently than ?sort=created
     api_names(client, "?sort=created")   # gone: the least recently used of the three
     assert (listings.hits, listings.misses) == (2, 4)
+
+
+def test_a_kept_listing_is_the_same_response_as_a_computed_one(app, client, make_user,
+                                                                 lora_dir):
+    token = make_user("alice")
+    publish(client, token, "alice/tiny", "1.0", lora_dir)
+    for path in ("/api/v1/adapters?search=tiny", "/api/models?search=tiny"):
+        computed, kept = client.get(path), client.get(path)
+        assert kept.data == computed.data and kept.mimetype == "application/json"
+        # The same JSON text as every other response of the hub (compact, one line).
+        assert computed.data == app.json.response(computed.get_json()).get_data()
+    assert hub_of(app).listings.hits == 2
