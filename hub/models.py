@@ -358,17 +358,25 @@ def _note_catalog_write(session: Session, _context) -> None:
         session.info[_CATALOG_WRITTEN] = True
 
 
+# The listeners are on the Session class, so every session in the process is watched,
+# however it was made (a catalog write from a session that bypassed hub.db.Database would
+# otherwise leave listings stale); a session that writes no catalog row only flushes.
 @event.listens_for(Session, "before_commit")
 def _bump_catalog_generation(session: Session) -> None:
     """Move the generation on in the transaction that wrote the catalog, so readers see
     the new rows and the new generation together. Last, just before COMMIT: on PostgreSQL
     the row stays locked only for that instant, not through a long publish."""
+    if session.in_nested_transaction():
+        return  # a savepoint's release: the outer transaction's COMMIT is the one
     session.flush()
     if session.info.pop(_CATALOG_WRITTEN, False):
         session.execute(update(CatalogState).where(CatalogState.id == 1)
                         .values(generation=CatalogState.generation + 1))
 
 
-@event.listens_for(Session, "after_rollback")
-def _forget_catalog_write(session: Session) -> None:
-    session.info.pop(_CATALOG_WRITTEN, None)
+@event.listens_for(Session, "after_transaction_end")
+def _forget_catalog_write(session: Session, transaction) -> None:
+    # Only when the outer transaction ends: a savepoint rolled back leaves the writes
+    # flushed before it, which still move the generation at COMMIT.
+    if transaction.parent is None:
+        session.info.pop(_CATALOG_WRITTEN, None)

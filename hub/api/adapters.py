@@ -12,7 +12,7 @@ from hub.runtime import current_hub
 from hub.errors import InvalidRequest, InvalidVersion, UnexpectedFile
 from hub.formats import check_file_name
 from hub.services import catalog
-from hub.services.access import audience, require_owner
+from hub.services.access import require_owner
 from hub.services.names import parse_metadata
 from hub.services.publish import LicenseChoice, Upload, publish_version
 from hub.services.shapes import adapter_detail, adapter_summary, version_view
@@ -32,7 +32,7 @@ def list_adapters():
                                           "next_cursor": next_cursor}).get_data()
 
     with hub.db.session() as session:
-        body = hub.listings.get(session, ("api", query, audience(principal)), page)
+        body = hub.listings.get(session, principal, ("api", query.key), page)
     return current_app.response_class(body, mimetype="application/json")
 
 
@@ -46,8 +46,8 @@ def get_adapter(owner: str, name: str):
         return adapter.id, adapter_detail(adapter, principal)
 
     with hub.db.session() as session:
-        adapter_id, detail = hub.listings.get(
-            session, ("api-detail", owner, name, audience(principal)), view)
+        adapter_id, detail = hub.listings.get(session, principal, ("api-detail", owner, name),
+                                              view)
         downloads = catalog.download_count(session, adapter_id)
     return jsonify({**detail, "downloads": downloads})
 

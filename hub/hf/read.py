@@ -16,7 +16,7 @@ from hub.hf.shapes import commit_entry, model_info, model_summary, refs, tree_en
 from hub.models import Adapter, Version, VersionFile
 from hub.runtime import current_hub
 from hub.services import catalog
-from hub.services.access import audience, require_token
+from hub.services.access import require_token
 from hub.services.browse import card_file
 from hub.services.commits import MAIN, find_revision, version_commit
 
@@ -86,7 +86,7 @@ def list_models():
         return current_app.json.response(models).get_data(), next_cursor
 
     with hub.db.session() as session:
-        body, next_cursor = hub.listings.get(session, ("hf", query, audience(principal)), page)
+        body, next_cursor = hub.listings.get(session, principal, ("hf", query.key), page)
     response = current_app.response_class(body, mimetype="application/json")
     if next_cursor:
         params = [(k, v) for k, v in request.args.items(multi=True) if k != "cursor"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import exists, select, tuple_, update
@@ -195,6 +195,13 @@ class Query:
     def terms(self) -> Terms:
         """The words of `search`."""
         return Terms.parse(self.search)
+
+    @property
+    def key(self) -> Query:
+        """The query with its search text as its words: queries that differ only in case,
+        accents, punctuation or repeated words ask for the same page (one kept listing)."""
+        terms = self.terms
+        return replace(self, search=" ".join(terms.words)) if terms else self
 
     @property
     def order(self) -> str:

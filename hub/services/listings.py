@@ -30,11 +30,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hub.models import CatalogState
+from hub.services.access import audience
+from hub.services.accounts import Principal
 
 T = TypeVar("T")
 
-#: Listings a process keeps: a page of 100 adapters is a few tens of KB.
+#: Most listings a process keeps, however small...
 DEFAULT_SIZE = 1024
+#: ... and most bytes of text they may hold together: a page of 100 adapters with long
+#: descriptions is megabytes, and every distinct query (a cursor, a limit) is an entry.
+DEFAULT_BUDGET = 64 * 1024 * 1024
+#: A listing heavier than this is served but not kept: it would push out many others.
+MAX_ENTRY = 1024 * 1024
 
 
 def catalog_generation(session: Session) -> int | None:
@@ -42,27 +49,47 @@ def catalog_generation(session: Session) -> int | None:
     return session.scalar(select(CatalogState.generation).where(CatalogState.id == 1))
 
 
-class ListingCache:
-    """Listings by key, each with the generation it was computed at; least recently used
-    first out. Shared by a process's threads; the values must not be changed by callers."""
+def weight(value: object) -> int:
+    """About how many bytes `value` holds: the length of its text, plus a little for each
+    container and number (the shapes a listing is made of: str, bytes, lists, tuples,
+    dicts, numbers, None)."""
+    if isinstance(value, (str, bytes)):
+        return len(value) + 16
+    if isinstance(value, dict):
+        return 64 + sum(weight(key) + weight(item) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return 56 + sum(weight(item) for item in value)
+    return 16
 
-    def __init__(self, max_age: float, size: int = DEFAULT_SIZE,
+
+class ListingCache:
+    """Listings by key and audience, each with the generation it was computed at; least
+    recently used first out past `size` entries or `budget` bytes. Shared by a process's
+    threads; callers must not change the values they are given."""
+
+    def __init__(self, max_age: float, size: int = DEFAULT_SIZE, budget: int = DEFAULT_BUDGET,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_age = max_age
         self.size = size
+        self.budget = budget
         self._clock = clock
-        self._entries: OrderedDict[Hashable, tuple[int, float, object]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[int, float, object, int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, session: Session, key: Hashable, compute: Callable[[], T]) -> T:
-        """The listing for `key`: kept, if still current, else `compute()` (in `session`)."""
+    def get(self, session: Session, principal: Principal | None, key: Hashable,
+            compute: Callable[[], T]) -> T:
+        """The listing `key` as `principal` sees it: kept, if still current, else
+        `compute()` (in `session`). The caller's audience is part of the key here, so no
+        surface can serve one caller's listing to another who may see less."""
         if self.max_age <= 0:
             return compute()
         generation = catalog_generation(session)
         if generation is None:
             return compute()
+        key = (key, audience(principal))
         now = self._clock()
         with self._lock:
             entry = self._entries.get(key)
@@ -72,14 +99,20 @@ class ListingCache:
                 return entry[2]  # type: ignore[return-value]
             self.misses += 1
         value = compute()
+        size = weight(value)
+        if size > min(MAX_ENTRY, self.budget):
+            return value
         with self._lock:
-            self._entries[key] = (generation, now + self.max_age, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[3]
+            self._entries[key] = (generation, now + self.max_age, value, size)
+            self._bytes += size
+            while len(self._entries) > self.size or self._bytes > self.budget:
+                self._bytes -= self._entries.popitem(last=False)[1][3]
         return value
 
-    def clear(self) -> None:
-        """Forget every listing."""
-        with self._lock:
-            self._entries.clear()
+    @property
+    def kept_bytes(self) -> int:
+        """About how many bytes the kept listings hold."""
+        return self._bytes

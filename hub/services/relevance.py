@@ -1,7 +1,7 @@
 """A page of a search in relevance order, read one score level at a time.
 
-Ranking every match costs as much as the matches (scoring and sorting 15,000 of them for
-two common words), while a page needs only its first rows. The totals a search can score
+Ranking every match costs as much as the matches (scoring and sorting every adapter that
+holds two common words), while a page needs only its first rows. The totals a search can score
 are few (two words: 8, 6, 5, 4, 3, 2; `search.levels`), and within a level the order is
 downloads then id, the order of an index. So, from the cursor's level down, until the
 page has its rows, each level is read one of two ways:

@@ -13,7 +13,7 @@ from hub.errors import HubError, InvalidName, NotFound, StorageUnavailable
 from hub.licenses import list_licenses
 from hub.runtime import current_hub
 from hub.services import browse, catalog
-from hub.services.access import audience, may_change
+from hub.services.access import may_change
 from hub.services.names import VISIBILITIES, check_adapter_name, check_user_name, split_tags
 from hub.services.shapes import adapter_summary, latest_version, version_view
 from hub.web import bp, viewer
@@ -53,8 +53,8 @@ def _listing(endpoint: str, args: dict[str, str], **fixed: str):
         return cards, next_cursor, browse.filter_choices(session)
 
     with hub.db.session() as session:
-        cards, next_cursor, choices = hub.listings.get(
-            session, ("web", query, audience(principal)), page)
+        cards, next_cursor, choices = hub.listings.get(session, principal, ("web", query.key),
+                                                       page)
     next_url = (url_for(endpoint, **fixed, **{**args, "cursor": next_cursor})
                 if next_cursor else None)
     return cards, next_url, choices

@@ -217,3 +217,45 @@ def test_a_kept_listing_is_the_same_response_as_a_computed_one(app, client, make
         # The same JSON text as every other response of the hub (compact, one line).
         assert computed.data == app.json.response(computed.get_json()).get_data()
     assert hub_of(app).listings.hits == 2
+
+
+def test_searches_that_differ_only_in_case_or_punctuation_share_one_listing(app, client):
+    listings = hub_of(app).listings
+    for text in ("Tiny adapter", "tiny,  ADAPTER!", "tiny adapter tiny"):
+        assert api_names(client, f"?search={text}") == []
+    assert (listings.hits, listings.misses) == (2, 1)
+
+
+def test_listings_are_kept_within_a_byte_budget(app):
+    from hub.services import listings as module
+
+    listings = ListingCache(max_age=60, budget=10_000)
+    with hub_of(app).db.session() as session:
+        for n in range(5):  # each about 3 KB: the oldest go first past 10 KB
+            listings.get(session, None, ("page", n), lambda: "x" * 3000)
+        assert listings.kept_bytes <= 10_000
+        assert listings.get(session, None, ("page", 4), lambda: "new") == "x" * 3000
+        assert listings.get(session, None, ("page", 0), lambda: "new") == "new"
+        # Heavier than MAX_ENTRY: served, never kept (it would push out many others).
+        big = ListingCache(max_age=60)
+        huge = "y" * (module.MAX_ENTRY + 1)
+        assert big.get(session, None, "huge", lambda: huge) is huge
+        assert big.kept_bytes == 0
+        assert big.get(session, None, "huge", lambda: "again") == "again"
+
+
+def test_a_savepoint_neither_loses_nor_doubles_the_generation_move(app):
+    from hub.models import User
+
+    db = hub_of(app).db
+    before = generation(app)
+    with db.session() as session:
+        session.add(User(name="alice"))
+        session.flush()
+        nested = session.begin_nested()
+        session.add(User(name="bob"))
+        session.flush()
+        nested.rollback()  # bob is gone; alice, flushed before, is still written
+        with session.begin_nested():  # released: not yet the transaction's end
+            session.add(User(name="carol"))
+    assert generation(app) == before + 1
