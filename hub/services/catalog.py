@@ -347,14 +347,18 @@ def latest_versions(session: Session, adapters: list[Adapter]) -> dict[int, Vers
     return {version.adapter_id: version for version in rows}
 
 
+def _cards(stmt):
+    """`stmt` (adapters, joined to nothing) with what a listing shows of each: its owner in
+    the same row, its latest version's label, and its tags in one more statement."""
+    return stmt.join(Adapter.owner).options(
+        contains_eager(Adapter.owner), undefer(Adapter.latest_label), selectinload(Adapter.tags))
+
+
 def _load_page(session: Session, page, keys: int, descending: bool) -> list:
     """The adapters of a page's keys (`k0`..: sort values, then the id), in its order."""
     found = [page.c[f"k{n}"] for n in range(keys)]
-    stmt = (select(Adapter, *found[:-1]).join(page, Adapter.id == found[-1])
-            .join(Adapter.owner)
-            .options(contains_eager(Adapter.owner), undefer(Adapter.latest_label),
-                     selectinload(Adapter.tags))
-            .order_by(*(key.desc() if descending else key.asc() for key in found)))
+    stmt = _cards(select(Adapter, *found[:-1]).join(page, Adapter.id == found[-1]))
+    stmt = stmt.order_by(*(key.desc() if descending else key.asc() for key in found))
     return session.execute(stmt).all()
 
 
@@ -362,9 +366,7 @@ def _load_keys(session: Session, keys: list) -> list:
     """`_load_page` for a page whose keys (score, downloads, id) are already known."""
     if not keys:
         return []
-    stmt = (select(Adapter).join(Adapter.owner).where(Adapter.id.in_([key[-1] for key in keys]))
-            .options(contains_eager(Adapter.owner), undefer(Adapter.latest_label),
-                     selectinload(Adapter.tags)))
+    stmt = _cards(select(Adapter).where(Adapter.id.in_([key[-1] for key in keys])))
     adapters = {adapter.id: adapter for adapter in session.scalars(stmt)}
     return [(adapters[key[-1]], *key[:-1]) for key in keys]
 
